@@ -1,0 +1,101 @@
+"""The storage backend interface that libsql, mvsqlite and replica backends implement.
+
+A backend hands out *connections* (blocking, one thread at a time) and says which is the
+writer. The scheduler decides which connection runs what and on which thread; a backend
+knows nothing of pgwire or sessions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import attrs
+
+
+@attrs.frozen
+class Column:
+    """A result column: its name and SQLite declared type (None for an expression)."""
+
+    name: str
+    decltype: str | None = None
+    oid: int | None = None  # set only by compat answers, which know their PostgreSQL type
+
+
+@attrs.frozen
+class StatementInfo:
+    """What preparing a statement tells without running it."""
+
+    columns: tuple[Column, ...]
+    param_count: int
+    readonly: bool
+
+
+class BudgetExceeded(Exception):
+    """An inline run hit its step budget and was stopped before it changed anything."""
+
+
+class Interrupted(Exception):
+    """The run was stopped by a cancel request or a statement timeout (``reason`` says which)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Batch(Protocol):
+    rows: list[tuple]
+    done: bool
+
+
+class Connection(Protocol):
+    """One SQLite connection. Methods block; call them on one thread at a time.
+
+    ``guard`` sets what may stop the next run: a step budget (inline runs, read-only
+    statements only), a deadline (monotonic seconds) and a cancel check.
+    """
+
+    readonly: bool
+    context: Any
+
+    def guard(self, *, budget: int | None, deadline: float | None, cancelled: Any, context: Any) -> None: ...
+
+    def create_function(self, name: str, nargs: int, fn) -> None:
+        """Register a SQL function; it is called as ``fn(context, *args)``."""
+        ...
+
+    def run(self, sql: str) -> None:
+        """Run one statement to completion, ignoring its rows."""
+        ...
+
+    def info(self, sql: str) -> StatementInfo: ...
+
+    def start(self, sql: str, params: Sequence[Any], first: int) -> tuple[tuple[Column, ...] | None, list[tuple], bool]:
+        """Run ``sql``; return its columns (None if it returns no rows), up to ``first`` rows and
+        whether it is done. A statement that is not done keeps this connection's cursor."""
+        ...
+
+    def more(self, n: int) -> tuple[list[tuple], bool]: ...
+
+    def finish(self) -> None:
+        """Drop an open cursor (rows left unread are discarded)."""
+        ...
+
+    def changes(self) -> int: ...
+
+    def in_transaction(self) -> bool: ...
+
+    def column_decltypes(self, table: str) -> dict[str, str | None]: ...
+
+
+class Backend(Protocol):
+    """A database: a writer, a pool of readers, and a clean shutdown."""
+
+    name: str
+
+    def open(self) -> None: ...
+
+    def writer(self) -> Connection: ...
+
+    def open_reader(self) -> Connection: ...
+
+    def close(self) -> None: ...

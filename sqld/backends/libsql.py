@@ -1,0 +1,248 @@
+"""The libsql backend: one SQLite file through apsw, in WAL mode, one writer and many readers."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import apsw
+import apsw.ext
+
+from sqld.backends.base import BudgetExceeded, Column, Interrupted, StatementInfo
+from sqld.errors import SqldError, from_sqlite
+
+log = logging.getLogger(__name__)
+
+# SQLite calls the progress handler every this many virtual-machine steps; each call is
+# one Python call, so this trades reaction time (cancel, timeout, budget) for overhead.
+PROGRESS_STEPS = 1000
+
+FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".sqld")
+
+
+def database_file(db_path: str | os.PathLike) -> Path:
+    """The SQLite file for ``--db-path``: the path itself when it names a file, else
+    ``main.db`` inside it (a folder, made if missing)."""
+    p = Path(db_path)
+    if p.is_file() or (not p.exists() and p.suffix in FILE_SUFFIXES):
+        return p
+    return p / "main.db"
+
+
+class LibsqlConnection:
+    """One apsw connection with its one open cursor and its stop conditions."""
+
+    def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
+        self.apsw = conn
+        self.readonly = readonly
+        self._cursor: apsw.Cursor | None = None
+        self._iter = None
+        self._budget: int | None = None
+        self._deadline: float | None = None
+        self._cancelled = None
+        self._stop: str | None = None
+        self.context: Any = None  # whose statement runs now; opaque here, read by SQL functions
+        conn.set_progress_handler(self._progress, PROGRESS_STEPS)
+
+    # -- stop conditions ------------------------------------------------------------------
+
+    def guard(self, *, budget: int | None = None, deadline: float | None = None, cancelled=None,
+              context: Any = None) -> None:
+        self.context = context
+        self._budget = budget
+        self._deadline = deadline
+        self._cancelled = cancelled
+        self._stop = None
+
+    def _progress(self) -> bool:
+        if self._budget is not None:
+            self._budget -= 1
+            if self._budget <= 0:
+                self._stop = "budget"
+                return True
+        if self._cancelled is not None and self._cancelled():
+            self._stop = "cancel"
+            return True
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self._stop = "timeout"
+            return True
+        return False
+
+    def _raise(self, exc: apsw.Error):
+        self._drop_cursor()
+        if isinstance(exc, apsw.InterruptError) and self._stop:
+            stop, self._stop = self._stop, None
+            if stop == "budget":
+                raise BudgetExceeded() from None
+            raise Interrupted(stop) from None
+        raise from_sqlite(exc) from None
+
+    # -- statements -----------------------------------------------------------------------
+
+    def info(self, sql: str) -> StatementInfo:
+        try:
+            q = apsw.ext.query_info(self.apsw, sql)
+        except apsw.Error as exc:
+            raise from_sqlite(exc) from None
+        if q.query_remaining and q.query_remaining.strip(" \t\r\n;"):
+            raise SqldError("cannot insert multiple commands into a prepared statement", sqlstate="42601")
+        cols = tuple(Column(name, decl) for name, decl in (q.description or ()))
+        return StatementInfo(columns=cols, param_count=q.bindings_count, readonly=bool(q.is_readonly))
+
+    def start(self, sql: str, params: Sequence[Any], first: int):
+        self._drop_cursor()
+        cur = self.apsw.cursor()
+        try:
+            cur.execute(sql, params)
+            try:
+                desc = cur.get_description()
+            except apsw.ExecutionCompleteError:
+                desc = None
+            columns = tuple(Column(n, d) for n, d in desc) if desc else None
+            self._cursor = cur
+            self._iter = cur
+            rows, done = self._take(first)
+        except apsw.Error as exc:
+            self._raise(exc)
+        return columns, rows, done
+
+    def _take(self, n: int) -> tuple[list[tuple], bool]:
+        rows = list(itertools.islice(self._iter, n))
+        if len(rows) < n:
+            self._drop_cursor()
+            return rows, True
+        return rows, False
+
+    def more(self, n: int) -> tuple[list[tuple], bool]:
+        if self._iter is None:
+            return [], True
+        try:
+            return self._take(n)
+        except apsw.Error as exc:
+            self._raise(exc)
+
+    def finish(self) -> None:
+        self._drop_cursor()
+
+    def _drop_cursor(self) -> None:
+        cur, self._cursor, self._iter = self._cursor, None, None
+        if cur is not None:
+            try:
+                cur.close(force=True)
+            except apsw.Error:
+                pass
+
+    def run(self, sql: str) -> None:
+        """Run one statement to completion, ignoring rows (transaction control, pragmas)."""
+        try:
+            for _ in self.apsw.execute(sql):
+                pass
+        except apsw.Error as exc:
+            self._raise(exc)
+
+    def changes(self) -> int:
+        return self.apsw.changes()
+
+    def in_transaction(self) -> bool:
+        return not self.apsw.get_autocommit()
+
+    def column_decltypes(self, table: str) -> dict[str, str | None]:
+        try:
+            rows = self.apsw.execute("select name, type from pragma_table_info(?)", (table,)).fetchall()
+        except apsw.Error:
+            return {}
+        return {name.lower(): (decl or None) for name, decl in rows}
+
+    def create_function(self, name: str, nargs: int, fn) -> None:
+        """A SQL function on this connection; ``fn`` gets this connection's ``context`` first."""
+
+        def call(*args):
+            return fn(self.context, *args)
+
+        self.apsw.create_scalar_function(name, call, nargs)
+
+    def close(self) -> None:
+        self._drop_cursor()
+        try:
+            self.apsw.close(force=True)
+        except apsw.Error:
+            pass
+
+
+class LibsqlBackend:
+    """A SQLite file in WAL mode. One writer connection; readers opened on demand.
+
+    Leaves to the caller (the scheduler): that only one thread uses a connection at a
+    time, and that only the writer writes (readers are opened read-only, so a mistake
+    is an error, not a second writer).
+    """
+
+    name = "libsql"
+
+    def __init__(self, db_path: str | os.PathLike, *, synchronous: str = "full", foreign_keys: bool = True,
+                 busy_timeout_ms: int = 5000) -> None:
+        self.path = database_file(db_path)
+        self.synchronous = synchronous
+        self.foreign_keys = foreign_keys
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: LibsqlConnection | None = None
+        self._readers: list[LibsqlConnection] = []
+
+    def _configure(self, conn: apsw.Connection) -> None:
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        # One statement per call: apsw runs "a; b" lazily as its cursor is iterated.
+        conn.execute(f"pragma synchronous={self.synchronous}").fetchall()
+        conn.execute(f"pragma foreign_keys={'on' if self.foreign_keys else 'off'}").fetchall()
+
+    def open(self) -> None:
+        """Open (creating if needed) the database; raise SqldError with a one-line reason."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = apsw.Connection(
+                str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+            )
+        except apsw.Error as exc:
+            raise SqldError(f"cannot open database {self.path}: {exc}") from None
+        try:
+            mode = conn.execute("pragma journal_mode=wal").fetchall()[0][0]
+            if mode != "wal":
+                raise SqldError(f"cannot put database {self.path} in WAL mode (got {mode})")
+            conn.execute("select count(*) from sqlite_schema").fetchall()
+            self._configure(conn)
+        except apsw.Error as exc:
+            conn.close()
+            raise SqldError(f"cannot use database {self.path}: {exc}") from None
+        self._writer = LibsqlConnection(conn, readonly=False)
+        log.info("opened %s (journal_mode=wal, synchronous=%s)", self.path, self.synchronous)
+
+    def writer(self) -> LibsqlConnection:
+        assert self._writer is not None, "backend not open"
+        return self._writer
+
+    def open_reader(self) -> LibsqlConnection:
+        conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+        self._configure(conn)
+        reader = LibsqlConnection(conn, readonly=True)
+        self._readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        """Close every connection; roll back what is open; checkpoint and truncate the WAL."""
+        for r in self._readers:
+            r.close()
+        self._readers.clear()
+        w, self._writer = self._writer, None
+        if w is None:
+            return
+        w.finish()
+        try:
+            if w.in_transaction():
+                w.apsw.execute("rollback").fetchall()
+            w.apsw.execute("pragma wal_checkpoint(TRUNCATE)").fetchall()
+        except apsw.Error as exc:
+            log.warning("checkpoint at shutdown failed: %s", exc)
+        w.close()

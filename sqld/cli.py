@@ -1,0 +1,126 @@
+"""The ``sqld`` command: flags (each also an SQLD_* environment variable) → a running server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import anyio
+import click
+
+from sqld import __version__
+from sqld.config import Config, parse_listen_addr
+from sqld.errors import SqldError
+
+log = logging.getLogger("sqld")
+
+
+def _timeout(ctx, param, value):
+    if value is None or value == "" or value == "0":
+        return None
+    from sqld.services.compat import parse_timeout
+
+    try:
+        return parse_timeout(value)
+    except SqldError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--backend", type=click.Choice(["libsql"]), default="libsql", envvar="SQLD_BACKEND",
+              show_envvar=True, help="Storage backend.")
+@click.option("--db-path", default="sqld-data", envvar="SQLD_DB_PATH", show_envvar=True,
+              help="Folder for the database files (the database is main.db in it), or a SQLite file.")
+@click.option("--listen-addr", default="127.0.0.1:5432", envvar="SQLD_LISTEN_ADDR", show_envvar=True,
+              help="Address to serve the PostgreSQL protocol on, HOST:PORT ([::1]:PORT for IPv6).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", envvar="SQLD_LOG_LEVEL", show_envvar=True, help="Log verbosity (to stderr).")
+@click.option("--max-connections", type=click.IntRange(1), default=100, envvar="SQLD_MAX_CONNECTIONS",
+              show_envvar=True, help="Sessions served at once; the next client gets SQLSTATE 53300.")
+@click.option("--statement-timeout", callback=_timeout, default=None, envvar="SQLD_STATEMENT_TIMEOUT",
+              show_envvar=True, help="Cancel statements running longer than this (e.g. 500ms, 30s); "
+              "0 or unset: no limit. Sessions may SET statement_timeout.")
+@click.option("--synchronous", type=click.Choice(["full", "normal"], case_sensitive=False), default="full",
+              envvar="SQLD_SYNCHRONOUS", show_envvar=True,
+              help="full: a COMMIT the client saw is on disk. normal: faster, but a power loss may "
+              "undo the last commits (never corrupts).")
+@click.option("--foreign-keys/--no-foreign-keys", default=True, envvar="SQLD_FOREIGN_KEYS", show_envvar=True,
+              help="Enforce FOREIGN KEY constraints (SQLite's PRAGMA foreign_keys) on every connection.")
+@click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
+              show_envvar=True, help="Reader connections: how many reads may run at once.")
+@click.version_option(__version__, prog_name="sqld")
+def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, synchronous,
+         foreign_keys, max_readers):
+    """sqld: a SQLite database served over the PostgreSQL wire protocol.
+
+    Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
+    is SQLite's dialect.
+    """
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        host, port = parse_listen_addr(listen_addr)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen-addr") from None
+    config = Config(
+        backend=backend, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
+        max_connections=max_connections, statement_timeout=statement_timeout,
+        synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
+    )
+    try:
+        anyio.run(serve, config, backend="asyncio", backend_options={"use_uvloop": _have_uvloop()})
+    except SqldError as exc:
+        click.echo(f"sqld: {exc.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def serve(config: Config) -> None:
+    from sqld.backends.libsql import LibsqlBackend
+    from sqld.server import Server
+    from sqld.services.compat import sql_functions
+    from sqld.services.pgconn import PgConnectionFactory
+    from sqld.services.scheduler import Scheduler
+    from sqld.services.stack import SessionStackFactory
+
+    backend = LibsqlBackend(config.db_path, synchronous=config.synchronous, foreign_keys=config.foreign_keys)
+    backend.open()
+    try:
+        scheduler = Scheduler(backend, max_readers=config.max_readers, inline_budget=config.inline_budget,
+                              functions=sql_functions())
+        factory = PgConnectionFactory(
+            SessionStackFactory(scheduler, statement_timeout=config.statement_timeout),
+            max_connections=config.max_connections, max_message_size=config.max_message_size,
+        )
+        server = Server(config.listen_host, config.listen_port)
+        try:
+            bound = await server.listen()
+        except OSError as exc:
+            raise SqldError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
+        where = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound)
+        log.info("sqld %s listening on %s, serving %s (backend %s, synchronous=%s)",
+                 __version__, where, backend.path, config.backend, config.synchronous)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, factory)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s: stopping (open transactions roll back)", signal.Signals(signum).name)
+                    factory.registry.cancel_all()
+                    tg.cancel_scope.cancel()
+                    break
+    finally:
+        backend.close()
+        log.info("stopped; database checkpointed")

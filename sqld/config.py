@@ -1,0 +1,37 @@
+"""The server's configuration: one frozen value, built by the CLI from flags and SQLD_* variables."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    backend: str = "libsql"
+    db_path: str = "sqld-data"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5432
+    log_level: str = "info"
+    max_connections: int = 100
+    statement_timeout: float | None = None  # seconds; None: no limit
+    synchronous: str = "full"
+    foreign_keys: bool = True
+    max_readers: int = 8
+    inline_budget: int = 20
+    max_message_size: int = 64 * 1024 * 1024
+
+
+def parse_listen_addr(addr: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` → (host, port); raises ValueError."""
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {addr!r} has no port (expected HOST:PORT)")
+    host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {addr!r}: port must be a number from 0 to 65535")
+    return host, int(port)

@@ -1,0 +1,139 @@
+"""The tower-style service stack: requests a session service takes, and what it answers.
+
+A service is anything with ``async def __call__(request)``; a layer is a function from
+service to service. ``PgConnection`` turns protocol messages into these requests, so a
+layer sees statements and parameters, never bytes, and knows nothing of the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+import attrs
+
+from sqld.backends.base import Column, StatementInfo
+from sqld.sqltext import Statement
+
+Req = TypeVar("Req", contravariant=True)
+Resp = TypeVar("Resp", covariant=True)
+
+
+class Service(Protocol[Req, Resp]):
+    async def __call__(self, request: Req, /) -> Resp: ...
+
+
+Layer = Callable[[Service], Service]
+
+
+@attrs.define(eq=False)
+class SessionState:
+    """What one client session carries across requests (shared by every layer).
+
+    ``settings`` are the session's SET values by lower-case name; ``reported`` those that
+    changed and must go to the client as ParameterStatus at the next ReadyForQuery.
+    """
+
+    process_id: int
+    secret_key: int
+    user: str = ""
+    database: str = ""
+    application_name: str = ""
+    settings: dict[str, str] = attrs.Factory(dict)
+    reported: dict[str, str] = attrs.Factory(dict)
+    statement_timeout: float | None = None  # seconds
+    cancel_requested: bool = False
+    executing: bool = False
+    discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
+    deallocate: list[str] = attrs.Factory(list)  # DEALLOCATE names ("*" for ALL) to drop
+
+    def cancelled(self) -> bool:
+        return self.cancel_requested
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Describe:
+    """What a statement takes and returns, without running it (extended-protocol Parse)."""
+
+    statement: Statement
+
+
+@attrs.frozen
+class Peek:
+    """The first row a read-only statement gives with every parameter NULL, to learn the
+    types of its expression columns; None when it cannot be run that way."""
+
+    statement: Statement
+
+
+@attrs.frozen(repr=False)
+class Execute:
+    """Run a statement with its parameters; answer a Cursor holding the first ``first`` rows."""
+
+    statement: Statement
+    params: tuple[Any, ...] = ()
+    first: int = 100
+
+    def __repr__(self) -> str:
+        return f"Execute({self.statement.sql[:80]!r}, {len(self.params)} params)"
+
+
+@attrs.frozen
+class Sync:
+    """End of an extended-query batch: close the implicit transaction; answer the status."""
+
+
+@attrs.frozen
+class Terminate:
+    """The client is gone: roll back, release everything."""
+
+
+@attrs.frozen
+class DescribeResult:
+    info: StatementInfo
+    param_decltypes: tuple[str | None, ...]
+
+
+class Cursor(Protocol):
+    """A statement's results being read.
+
+    ``columns`` is None for a statement that returns no rows. ``rows`` holds rows already
+    fetched; ``done`` says no more are to come. ``tag`` is the command tag once done.
+    """
+
+    columns: tuple[Column, ...] | None
+    rows: list[tuple]
+    done: bool
+
+    async def fetch(self, n: int) -> None: ...
+
+    def tag(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+@attrs.define(eq=False)
+class StaticCursor:
+    """A cursor over rows known up front (compat answers, transaction control)."""
+
+    columns: tuple[Column, ...] | None
+    rows: list[tuple]
+    command: str
+    notice: str | None = None
+    done: bool = True
+
+    async def fetch(self, n: int) -> None:
+        return None
+
+    def tag(self) -> str:
+        if self.command == "SELECT":
+            return f"SELECT {len(self.rows)}"
+        return self.command
+
+    async def close(self) -> None:
+        return None
+
+
+SessionServiceFactory = Callable[[SessionState], Awaitable[Service]]

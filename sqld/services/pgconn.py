@@ -1,0 +1,583 @@
+"""PgConnectionFactory: drives the PostgreSQL protocol for one socket.
+
+The loop is: read bytes, decode whole messages, turn each into a request to the session
+service, encode what it answers. Output is buffered and written when the loop is about to
+wait for the client (or the buffer is large), so a pipelined batch costs one write.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from sqld.backends.base import Column
+from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections, UndefinedObject
+from sqld.pgwire import messages as m
+from sqld.pgwire import types as t
+from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.services.base import Describe, Execute, Peek, SessionState, Sync, Terminate
+from sqld.services.compat import initial_settings, is_reported, reported_name
+from sqld.sqltext import Statement, parse, parse_one
+
+log = logging.getLogger(__name__)
+
+FLUSH_AT = 64 * 1024   # write out once this much output is buffered
+BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
+
+_PARSE_COMPLETE = m.ParseComplete().encode()
+_BIND_COMPLETE = m.BindComplete().encode()
+_CLOSE_COMPLETE = m.CloseComplete().encode()
+_NO_DATA = m.NoData().encode()
+_PORTAL_SUSPENDED = m.PortalSuspended().encode()
+_EMPTY_QUERY = m.EmptyQueryResponse().encode()
+_RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
+
+
+@attrs.define(eq=False)
+class PreparedStatement:
+    statement: Statement
+    param_types: tuple[int, ...]
+    columns: tuple[Column, ...] | None = None  # from Describe at Parse; None: no rows
+    row_oids: tuple[int, ...] | None = None    # fixed once the client saw a RowDescription
+
+
+@attrs.define(eq=False)
+class Portal:
+    prepared: PreparedStatement
+    params: tuple[Any, ...]
+    result_formats: tuple[int, ...]
+    cursor: Any = None
+    oids: tuple[int, ...] | None = None
+    encoders: list | None = None
+    pending: list = attrs.Factory(list)  # fetched rows not yet sent
+    complete: bool = False
+
+
+class Registry:
+    """Live sessions by BackendKeyData, for CancelRequest and shutdown."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, SessionState] = {}
+        self._next_pid = 1000
+
+    def new_state(self) -> SessionState:
+        self._next_pid += 1
+        state = SessionState(process_id=self._next_pid, secret_key=secrets.randbits(31))
+        self.sessions[state.process_id] = state
+        return state
+
+    def remove(self, state: SessionState) -> None:
+        self.sessions.pop(state.process_id, None)
+
+    def cancel(self, process_id: int, secret_key: int) -> bool:
+        state = self.sessions.get(process_id)
+        if state is None or state.secret_key != secret_key:
+            return False
+        if state.executing:
+            state.cancel_requested = True
+        return True
+
+    def cancel_all(self) -> None:
+        for state in self.sessions.values():
+            state.cancel_requested = True
+
+
+class PgConnectionFactory:
+    """Makes the protocol driver for each accepted socket.
+
+    ``session_factory`` builds the session's service stack (see ``services.stack``);
+    ``slots`` bounds the sessions served at once (the next one gets 53300).
+    """
+
+    def __init__(self, session_factory, *, max_connections: int = 100,
+                 max_message_size: int = 64 * 1024 * 1024) -> None:
+        self.session_factory = session_factory
+        self.registry = Registry()
+        self.max_connections = max_connections
+        self.active = 0
+        self.max_message_size = max_message_size
+
+    async def __call__(self, stream: anyio.abc.ByteStream) -> None:
+        conn = PgConnection(self, stream)
+        await conn.run()
+
+
+class _Gone(Exception):
+    """The client closed the connection (or sent Terminate)."""
+
+
+class PgConnection:
+    def __init__(self, factory: PgConnectionFactory, stream: anyio.abc.ByteStream) -> None:
+        self.factory = factory
+        self.stream = stream
+        self.decoder = Decoder(m.FRONTEND, factory.max_message_size)
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.state: SessionState | None = None
+        self.service = None
+        self.statements: dict[str, PreparedStatement] = {}
+        self.portals: dict[str, Portal] = {}
+        self.skip_to_sync = False
+        self.counted = False
+
+    # -- output ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    async def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.out_size = 0
+            await self.stream.send(data)
+
+    async def maybe_flush(self) -> None:
+        if self.out_size >= FLUSH_AT:
+            await self.flush()
+
+    def write_error(self, err: SqldError) -> None:
+        self.write(
+            m.ErrorResponse(
+                severity=err.severity, sqlstate=err.sqlstate, message=err.message,
+                detail=err.detail, hint=err.hint,
+            ).encode()
+        )
+
+    def write_notice(self, message: str) -> None:
+        self.write(m.NoticeResponse(severity="WARNING", sqlstate="25001", message=message).encode())
+
+    async def receive(self) -> None:
+        await self.flush()
+        try:
+            data = await self.stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            raise _Gone() from None
+        self.decoder.feed(data)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            try:
+                if not await self.startup():
+                    return
+                await self.serve()
+            except ProtocolViolation as exc:
+                log.info("protocol violation from client: %s", exc.message)
+                self.write_error(exc)
+                await self.flush()
+            except TooManyConnections as exc:
+                self.write_error(exc)
+                await self.flush()
+            except anyio.get_cancelled_exc_class():
+                with anyio.move_on_after(1, shield=True):
+                    self.write_error(AdminShutdown("terminating connection due to administrator command"))
+                    await self.flush()
+                raise
+        except (_Gone, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def close(self) -> None:
+        for portal in self.portals.values():
+            if portal.cursor is not None:
+                try:
+                    await portal.cursor.close()
+                except Exception:
+                    pass
+        self.portals.clear()
+        if self.service is not None:
+            try:
+                await self.service(Terminate())
+            except Exception as exc:
+                log.warning("error ending session: %s", exc)
+        if self.state is not None:
+            self.factory.registry.remove(self.state)
+        if self.counted:
+            self.factory.active -= 1
+        try:
+            await self.stream.aclose()
+        except Exception:
+            pass
+
+    async def startup(self) -> bool:
+        while True:
+            msg = self.decoder.next_startup()
+            if msg is NEED_DATA:
+                await self.receive()
+                continue
+            if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
+                # 'N': no TLS/GSS here; the client goes on in the clear or gives up.
+                await self.stream.send(b"N")
+                continue
+            if isinstance(msg, m.CancelRequest):
+                self.factory.registry.cancel(msg.process_id, msg.secret_key)
+                return False
+            break
+        params = msg.params
+        user = params.get("user")
+        if not user:
+            raise ProtocolViolation("no PostgreSQL user name specified in startup packet", sqlstate="28000")
+        if params.get("replication") not in (None, "false", "0", "off", "no"):
+            raise ProtocolViolation("replication connections are not supported", sqlstate="0A000")
+        if self.factory.active >= self.factory.max_connections:
+            raise TooManyConnections(
+                "sorry, too many clients already",
+                detail=f"sqld serves at most {self.factory.max_connections} connections (--max-connections).",
+            )
+        self.factory.active += 1
+        self.counted = True
+        state = self.factory.registry.new_state()
+        state.user = user
+        state.database = params.get("database") or user
+        state.settings = initial_settings(user, params)
+        state.application_name = state.settings.get("application_name", "")
+        self.state = state
+        self.service = await self.factory.session_factory(state)
+        self.write(m.Authentication(m.AUTH_OK).encode())
+        for name, value in state.settings.items():
+            if is_reported(name):
+                self.write(m.ParameterStatus(reported_name(name), value).encode())
+        self.write(m.BackendKeyData(state.process_id, state.secret_key).encode())
+        self.write(_RFQ[b"I"])
+        return True
+
+    # -- the message loop -------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        decoder = self.decoder
+        while True:
+            msg = decoder.next_message()
+            if msg is NEED_DATA:
+                await self.receive()
+                continue
+            mt = type(msg)
+            if self.skip_to_sync and mt is not m.Sync:
+                if mt is m.Terminate:
+                    return
+                continue  # after an extended-query error, discard until Sync (protocol 55.2.3)
+            try:
+                if mt is m.Bind:
+                    await self.on_bind(msg)
+                elif mt is m.Execute:
+                    await self.on_execute(msg)
+                elif mt is m.Sync:
+                    await self.on_sync()
+                elif mt is m.Parse:
+                    await self.on_parse(msg)
+                elif mt is m.Describe:
+                    await self.on_describe(msg)
+                elif mt is m.Query:
+                    await self.on_query(msg)
+                elif mt is m.Close:
+                    await self.on_close(msg)
+                elif mt is m.Flush:
+                    await self.flush()
+                elif mt is m.Terminate:
+                    return
+                elif mt in (m.CopyData, m.CopyDone, m.CopyFail):
+                    pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
+                else:
+                    raise ProtocolViolation(f"unexpected message {mt.__name__} in this state")
+            except ProtocolViolation:
+                raise
+            except SqldError as err:
+                self.write_error(err)
+                if mt is not m.Query:
+                    self.skip_to_sync = True
+
+    async def on_sync(self) -> None:
+        self.skip_to_sync = False
+        status = await self.service(Sync())
+        if status == b"I" and self.portals:
+            await self._close_portals()
+        self._after_statement()
+        self.write(_RFQ[status])
+
+    def _after_statement(self) -> None:
+        state = self.state
+        if state.reported:
+            for name, value in state.reported.items():
+                self.write(m.ParameterStatus(name, value).encode())
+            state.reported.clear()
+        if state.discard:
+            state.discard = False
+            self.statements.clear()
+        if state.deallocate:
+            for name in state.deallocate:
+                if name == "*":
+                    self.statements.clear()
+                else:
+                    self.statements.pop(name, None)
+            state.deallocate.clear()
+
+    async def _close_portals(self) -> None:
+        portals, self.portals = self.portals, {}
+        for p in portals.values():
+            if p.cursor is not None:
+                await p.cursor.close()
+
+    # -- extended protocol -------------------------------------------------------------------
+
+    async def on_parse(self, msg: m.Parse) -> None:
+        stmt = parse_one(msg.sql)
+        if msg.name and msg.name in self.statements:
+            raise SqldError(f'prepared statement "{msg.name}" already exists', sqlstate="42P05")
+        if stmt.is_empty:
+            ps = PreparedStatement(stmt, tuple(msg.param_types), None)
+        else:
+            desc = await self.service(Describe(stmt))
+            count = max(desc.info.param_count, len(msg.param_types), stmt.param_count)
+            hints = dict(stmt.hints)
+            types = []
+            for i in range(count):
+                oid = msg.param_types[i] if i < len(msg.param_types) else 0
+                if not oid:
+                    hint = hints.get(i + 1)
+                    if hint is not None and hint.oid:
+                        oid = hint.oid
+                    elif i < len(desc.param_decltypes):
+                        oid = t.oid_for_decltype(desc.param_decltypes[i]) or 0
+                types.append(oid or t.TEXT)
+            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None)
+        self.statements[msg.name] = ps
+        self.write(_PARSE_COMPLETE)
+
+    async def on_bind(self, msg: m.Bind) -> None:
+        ps = self.statements.get(msg.statement)
+        if ps is None:
+            raise SqldError(f'prepared statement "{msg.statement}" does not exist', sqlstate="26000")
+        n = len(ps.param_types)
+        if len(msg.params) != n:
+            raise ProtocolViolation(
+                f"bind message supplies {len(msg.params)} parameters, but prepared statement "
+                f'"{msg.statement}" requires {n}', severity="ERROR",
+            )
+        fmts = msg.param_formats
+        if len(fmts) not in (0, 1, n):
+            raise ProtocolViolation(f"bind message has {len(fmts)} parameter formats but {n} parameters",
+                                    severity="ERROR")
+        if not fmts:
+            values = tuple(
+                t.decode_param(i, raw, oid, 0) for i, (raw, oid) in enumerate(zip(msg.params, ps.param_types))
+            )
+        else:
+            values = tuple(
+                t.decode_param(i, raw, oid, fmts[i] if len(fmts) > 1 else fmts[0])
+                for i, (raw, oid) in enumerate(zip(msg.params, ps.param_types))
+            )
+        old = self.portals.get(msg.portal)
+        if old is not None and old.cursor is not None:
+            if msg.portal:
+                raise SqldError(f'portal "{msg.portal}" already exists', sqlstate="42P03")
+            await old.cursor.close()  # binding the unnamed portal again replaces it
+        self.portals[msg.portal] = Portal(ps, values, msg.result_formats)
+        self.write(_BIND_COMPLETE)
+
+    async def on_describe(self, msg: m.Describe) -> None:
+        if msg.kind == b"S":
+            ps = self.statements.get(msg.name)
+            if ps is None:
+                raise SqldError(f'prepared statement "{msg.name}" does not exist', sqlstate="26000")
+            self.write(m.ParameterDescription(ps.param_types).encode())
+            if ps.columns is None:
+                self.write(_NO_DATA)
+                return
+            if ps.row_oids is None:
+                ps.row_oids = await self._statement_oids(ps)
+            self.write(self._row_description(ps.columns, ps.row_oids, ()))
+            return
+        portal = self.portals.get(msg.name)
+        if portal is None:
+            raise SqldError(f'portal "{msg.name}" does not exist', sqlstate="34000")
+        if portal.prepared.columns is None and portal.cursor is None:
+            self.write(_NO_DATA)
+            return
+        await self._ensure_types(portal)
+        cols = portal.cursor.columns if portal.cursor is not None else portal.prepared.columns
+        if cols is None:
+            self.write(_NO_DATA)
+        else:
+            self.write(self._row_description(cols, portal.oids, portal.result_formats))
+
+    async def _statement_oids(self, ps: PreparedStatement) -> tuple[int, ...]:
+        cols = ps.columns
+        oids = [c.oid or t.oid_for_decltype(c.decltype) for c in cols]
+        if None in oids:
+            row = await self.service(Peek(ps.statement))
+            for i, oid in enumerate(oids):
+                if oid is None:
+                    oids[i] = (t.oid_for_value(row[i]) if row is not None and i < len(row) else None) or t.TEXT
+        return tuple(oids)
+
+    async def _ensure_types(self, portal: Portal) -> None:
+        """Fix the portal's column types and encoders; run it first if its values decide."""
+        if portal.oids is not None:
+            return
+        ps = portal.prepared
+        if ps.row_oids is not None:
+            oids = ps.row_oids
+        else:
+            cols = ps.columns
+            oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols] if cols else []
+            if portal.cursor is None and (cols is None or None in oids_l):
+                await self._start(portal)
+            cur = portal.cursor
+            if cur is not None:
+                cols = cur.columns
+                if cols is None:
+                    portal.oids = ()
+                    return
+                oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols]
+            if None in oids_l:
+                rows = portal.pending
+                for i, oid in enumerate(oids_l):
+                    if oid is None:
+                        found = None
+                        for row in rows:
+                            if row[i] is not None:
+                                found = t.oid_for_value(row[i])
+                                break
+                        oids_l[i] = found or t.TEXT
+            oids = tuple(oids_l)
+        portal.oids = oids
+        portal.encoders = self._encoders(oids, portal.result_formats)
+
+    def _encoders(self, oids, formats) -> list:
+        n = len(oids)
+        if len(formats) not in (0, 1, n):
+            raise ProtocolViolation(f"bind message has {len(formats)} result formats but query has {n} columns",
+                                    severity="ERROR")
+        return [t.encoder(oid, formats[i] if len(formats) > 1 else (formats[0] if formats else 0))
+                for i, oid in enumerate(oids)]
+
+    def _row_description(self, cols, oids, formats) -> bytes:
+        fields = []
+        for i, (col, oid) in enumerate(zip(cols, oids)):
+            fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
+            fields.append(m.Field(col.name, oid, t.TYPE_SIZES.get(oid, -1), fmt))
+        return m.RowDescription(tuple(fields)).encode()
+
+    async def _start(self, portal: Portal, first: int = BATCH_ROWS) -> None:
+        cur = await self.service(Execute(portal.prepared.statement, portal.params, first))
+        portal.cursor = cur
+        if getattr(cur, "notice", None):
+            self.write_notice(cur.notice)
+        portal.pending = list(cur.rows)
+
+    async def on_execute(self, msg: m.Execute) -> None:
+        portal = self.portals.get(msg.portal)
+        if portal is None:
+            raise SqldError(f'portal "{msg.portal}" does not exist', sqlstate="34000")
+        if portal.prepared.statement.is_empty:
+            self.write(_EMPTY_QUERY)
+            return
+        if portal.complete:
+            self.write(m.CommandComplete(portal.cursor.tag()).encode())
+            return
+        limit = msg.max_rows
+        if portal.cursor is None:
+            await self._start(portal, limit + 1 if 0 < limit < BATCH_ROWS else BATCH_ROWS)
+        cur = portal.cursor
+        if cur.columns is not None and portal.encoders is None:
+            await self._ensure_types(portal)
+            if len(portal.oids) != len(cur.columns):
+                raise SqldError("cached plan must not change result type", sqlstate="0A000",
+                                hint="Prepare the statement again after changing the schema.")
+        try:
+            suspended = await self._send_rows(portal, limit)
+        except SqldError:
+            await cur.close()
+            raise
+        if suspended:
+            self.write(_PORTAL_SUSPENDED)
+        else:
+            portal.complete = True
+            self.write(m.CommandComplete(cur.tag()).encode())
+        self._after_statement()
+
+    async def _send_rows(self, portal: Portal, limit: int) -> bool:
+        """Send up to ``limit`` rows (0: all); True if the portal was suspended."""
+        cur = portal.cursor
+        if cur.columns is None:
+            return False
+        encoders = portal.encoders
+        write = self.write
+        encode_row = m.encode_data_row
+        sent = 0
+        while True:
+            rows = portal.pending
+            if limit:
+                room = limit - sent
+                if room <= 0:
+                    return True
+                if len(rows) > room:
+                    portal.pending = rows[room:]
+                    rows = rows[:room]
+                else:
+                    portal.pending = []
+            else:
+                portal.pending = []
+            for row in rows:
+                write(encode_row([None if v is None else enc(v) for v, enc in zip(row, encoders)]))
+            sent += len(rows)
+            if portal.pending:
+                continue
+            if cur.done:
+                return False
+            if limit and sent >= limit:
+                return True
+            await self.maybe_flush()
+            await cur.fetch(BATCH_ROWS)
+            portal.pending = list(cur.rows)
+
+    async def on_close(self, msg: m.Close) -> None:
+        if msg.kind == b"S":
+            self.statements.pop(msg.name, None)
+        else:
+            portal = self.portals.pop(msg.name, None)
+            if portal is not None and portal.cursor is not None:
+                await portal.cursor.close()
+        self.write(_CLOSE_COMPLETE)
+
+    # -- simple query ---------------------------------------------------------------------
+
+    async def on_query(self, msg: m.Query) -> None:
+        # A simple Query closes the unnamed portal and statement (protocol 55.2.2).
+        try:
+            statements = parse(msg.sql)
+            if not statements:
+                self.write(_EMPTY_QUERY)
+            for stmt in statements:
+                await self._simple(stmt)
+        except SqldError as err:
+            self.write_error(err)
+        status = await self.service(Sync())
+        if status == b"I" and self.portals:
+            await self._close_portals()
+        self._after_statement()
+        self.write(_RFQ[status])
+
+    async def _simple(self, stmt: Statement) -> None:
+        ps = PreparedStatement(stmt, ())
+        portal = Portal(ps, (), ())
+        await self._start(portal)
+        cur = portal.cursor
+        try:
+            if cur.columns is not None:
+                await self._ensure_types(portal)
+                self.write(self._row_description(cur.columns, portal.oids, ()))
+                await self._send_rows(portal, 0)
+        finally:
+            await cur.close()
+        self.write(m.CommandComplete(cur.tag()).encode())
+        self._after_statement()

@@ -1,0 +1,538 @@
+"""The scheduler: which SQLite connection runs a session's statement, when, and on which thread.
+
+SQLite in WAL mode allows one writer and many readers. So:
+
+* an autocommit read-only statement runs on a reader connection from a pool, many at once;
+* an autocommit write, and every statement of an explicit transaction, runs on the one
+  writer connection, which a session holds (an async lock, first come first served) from
+  the statement's start, or the transaction's first statement, to its end; ``BEGIN READ
+  ONLY`` transactions hold a reader instead;
+* SQLITE_BUSY cannot happen between sessions of one process: they never contend inside
+  SQLite, they queue on the lock.
+
+SQLite work blocks, so it runs on worker threads, except the first batch of a read-only
+statement, which runs inline on the event loop under a step budget: a point read costs
+microseconds, less than the hand-off to a thread. A read that outruns its budget is
+stopped (nothing changed) and run again on a thread. Writes always go to a thread (their
+COMMIT waits for fsync).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import anyio
+import anyio.to_thread
+import attrs
+
+from sqld.backends.base import Backend, BudgetExceeded, Connection, Interrupted, StatementInfo
+from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SqldError
+from sqld.services.base import (
+    Describe,
+    DescribeResult,
+    Execute,
+    Peek,
+    SessionState,
+    StaticCursor,
+    Sync,
+    Terminate,
+)
+from sqld.sqltext import Statement
+
+log = logging.getLogger(__name__)
+
+TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
+DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
+_DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
+_NO_ROWS_INFO = StatementInfo(columns=(), param_count=0, readonly=True)
+
+
+@attrs.define(eq=False)
+class Scheduler:
+    """Shared by every session of one backend: the writer lock, the reader pool, the caches.
+
+    ``inline_budget`` is the progress-handler calls (of 1000 VM steps each) an inline read
+    may take before it moves to a thread; 0 sends every statement to a thread.
+    """
+
+    backend: Backend
+    max_readers: int = 8
+    inline_budget: int = 20
+    writer_lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+    _idle_readers: list[Connection] = attrs.field(factory=list)
+    _reader_slots: anyio.Semaphore = attrs.field(init=False)
+    limiter: anyio.CapacityLimiter = attrs.field(init=False)
+    functions: list = attrs.field(factory=list)  # (name, nargs, fn(context, *args))
+    _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
+    _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self._reader_slots = anyio.Semaphore(self.max_readers)
+        self.limiter = anyio.CapacityLimiter(self.max_readers + 1)
+        self._install(self.backend.writer())
+
+    def _install(self, conn: Connection) -> None:
+        for name, nargs, fn in self.functions:
+            conn.create_function(name, nargs, fn)
+
+    async def __call__(self, state: SessionState) -> SchedulerService:
+        return SchedulerService(self, state)
+
+    # -- reader pool ----------------------------------------------------------------------
+
+    async def acquire_reader(self) -> Connection:
+        try:
+            self._reader_slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._reader_slots.acquire()
+        if self._idle_readers:
+            return self._idle_readers.pop()
+        try:
+            conn = self.backend.open_reader()
+            self._install(conn)
+            return conn
+        except BaseException:
+            self._reader_slots.release()
+            raise
+
+    def release_reader(self, conn: Connection) -> None:
+        conn.finish()
+        self._idle_readers.append(conn)
+        self._reader_slots.release()
+
+    # -- caches ---------------------------------------------------------------------------
+
+    def cached_info(self, sql: str) -> StatementInfo | None:
+        return self._info_cache.get(sql)
+
+    def remember_info(self, sql: str, info: StatementInfo) -> None:
+        if len(self._info_cache) > 4096:
+            self._info_cache.clear()
+        self._info_cache[sql] = info
+
+    def schema_changed(self) -> None:
+        self._info_cache.clear()
+        self._decltypes_cache.clear()
+
+    def decltypes(self, conn: Connection, table: str) -> dict[str, str | None]:
+        d = self._decltypes_cache.get(table)
+        if d is None:
+            d = self._decltypes_cache[table] = conn.column_decltypes(table)
+        return d
+
+
+class ResultCursor:
+    """The rows of one statement, read from the connection it runs on.
+
+    Holds that connection (via ``release``) until the rows are read or the cursor closed.
+    """
+
+    __slots__ = ("_service", "_conn", "columns", "rows", "done", "_verb", "_count", "_changes", "_release")
+
+    def __init__(self, service: SchedulerService, conn: Connection, columns, rows, done, verb, release) -> None:
+        self._service = service
+        self._conn = conn
+        self.columns = columns
+        self.rows = rows
+        self.done = done
+        self._verb = verb
+        self._count = len(rows)
+        self._changes = 0
+        self._release = release
+        if done:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._verb in _DML_TAGS:
+            self._changes = self._conn.changes()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    async def fetch(self, n: int) -> None:
+        if self.done:
+            return
+        try:
+            rows, done = await self._service._in_thread(self._conn, self._conn.more, n)
+        except BaseException:
+            self.done = True
+            self._finish()
+            raise
+        self.rows = rows
+        self._count += len(rows)
+        if done:
+            self.done = True
+            self._finish()
+
+    def tag(self) -> str:
+        fmt = _DML_TAGS.get(self._verb)
+        if fmt is not None:
+            return fmt.format(self._changes)
+        if self.columns is not None:
+            return f"SELECT {self._count}"
+        return self._verb
+
+    async def close(self) -> None:
+        if not self.done:
+            self.done = True
+            self._conn.finish()
+            self._finish()
+
+
+class SchedulerService:
+    """One session's view of the scheduler: its transaction and the connection it holds."""
+
+    def __init__(self, scheduler: Scheduler, state: SessionState) -> None:
+        self.s = scheduler
+        self.state = state
+        self.in_tx = False        # an explicit transaction is open (status T or E)
+        self.failed = False       # … and a statement in it failed (status E)
+        self.read_only_tx = False
+        self.tx_conn: Connection | None = None   # the connection the transaction runs on
+        self.schema_dirty = False  # the open transaction changed the schema
+
+    @property
+    def status(self) -> bytes:
+        if not self.in_tx:
+            return b"I"
+        return b"E" if self.failed else b"T"
+
+    async def __call__(self, request):
+        if type(request) is Execute:
+            return await self.execute(request)
+        if type(request) is Describe:
+            return await self.describe(request.statement)
+        if type(request) is Peek:
+            return await self.peek(request.statement)
+        if type(request) is Sync:
+            return self.status
+        if type(request) is Terminate:
+            await self.terminate()
+            return None
+        raise TypeError(f"unknown request {request!r}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        t = self.state.statement_timeout
+        return time.monotonic() + t if t else None
+
+    def _interrupted(self, exc: Interrupted) -> SqldError:
+        if exc.reason == "timeout":
+            return QueryCanceled("canceling statement due to statement timeout")
+        return QueryCanceled("canceling statement due to user request")
+
+    async def _in_thread(self, conn: Connection, fn, *args):
+        conn.guard(budget=None, deadline=self._deadline(), cancelled=self.state.cancelled, context=self.state)
+        self.state.executing = True
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self.s.limiter)
+        except Interrupted as exc:
+            raise self._interrupted(exc) from None
+        finally:
+            self.state.executing = False
+
+    async def _start(self, conn: Connection, sql: str, params, first: int, readonly: bool):
+        self.state.cancel_requested = False
+        budget = self.s.inline_budget
+        if readonly and budget:
+            conn.guard(budget=budget, deadline=self._deadline(), cancelled=self.state.cancelled,
+                       context=self.state)
+            try:
+                return conn.start(sql, params, first)
+            except BudgetExceeded:
+                pass
+            except Interrupted as exc:
+                raise self._interrupted(exc) from None
+        return await self._in_thread(conn, conn.start, sql, params, first)
+
+    async def _lock_writer(self) -> None:
+        lock = self.s.writer_lock
+        try:
+            lock.acquire_nowait()
+            return
+        except anyio.WouldBlock:
+            pass
+        timeout = self.state.statement_timeout
+        if timeout:
+            with anyio.move_on_after(timeout) as scope:
+                await lock.acquire()
+            if scope.cancelled_caught:
+                raise QueryCanceled(
+                    "canceling statement due to statement timeout",
+                    detail="It waited for the writer, held by another session's transaction.",
+                )
+        else:
+            await lock.acquire()
+
+    def _unlock_writer(self) -> None:
+        self.s.writer_lock.release()
+
+    async def info(self, stmt: Statement, conn: Connection | None = None) -> StatementInfo:
+        if stmt.verb in TX_VERBS:
+            return _NO_ROWS_INFO
+        cached = self.s.cached_info(stmt.sql)
+        if cached is not None:
+            return cached
+        if conn is None:
+            conn = self.tx_conn
+        if conn is not None:
+            info = conn.info(stmt.sql)
+            if not self.schema_dirty:
+                self.s.remember_info(stmt.sql, info)
+            return info
+        reader = await self.s.acquire_reader()
+        try:
+            info = reader.info(stmt.sql)
+        finally:
+            self.s.release_reader(reader)
+        self.s.remember_info(stmt.sql, info)
+        return info
+
+    async def describe(self, stmt: Statement) -> DescribeResult:
+        if self.failed:
+            raise InFailedTransaction()
+        info = await self.info(stmt)
+        decltypes: list[str | None] = [None] * info.param_count
+        hints = dict(stmt.hints)
+        if hints and stmt.tables:
+            conn = self.tx_conn
+            reader = None
+            if conn is None:
+                conn = reader = await self.s.acquire_reader()
+            try:
+                for n, hint in hints.items():
+                    if hint.column and 0 < n <= len(decltypes):
+                        for table in stmt.tables:
+                            d = self.s.decltypes(conn, table).get(hint.column)
+                            if d:
+                                decltypes[n - 1] = d
+                                break
+            finally:
+                if reader is not None:
+                    self.s.release_reader(reader)
+        return DescribeResult(info=info, param_decltypes=tuple(decltypes))
+
+    async def peek(self, stmt: Statement) -> tuple | None:
+        info = await self.info(stmt)
+        if not info.readonly or not info.columns or self.failed:
+            return None
+        conn = self.tx_conn
+        reader = None
+        if conn is None:
+            conn = reader = await self.s.acquire_reader()
+        try:
+            conn.guard(budget=self.s.inline_budget or 20, deadline=None, cancelled=None, context=self.state)
+            try:
+                _, rows, _ = conn.start(stmt.sql, (None,) * info.param_count, 1)
+            except (BudgetExceeded, Interrupted, SqldError):
+                return None
+            finally:
+                conn.finish()
+        finally:
+            if reader is not None:
+                self.s.release_reader(reader)
+        return rows[0] if rows else None
+
+    async def execute(self, req: Execute):
+        stmt = req.statement
+        verb = stmt.verb
+        if verb in TX_VERBS:
+            return await self._transaction_control(stmt)
+        if self.failed:
+            raise InFailedTransaction()
+        if self.in_tx:
+            return await self._execute_in_tx(stmt, req)
+        info = await self.info(stmt)
+        if info.readonly:
+            conn = await self.s.acquire_reader()
+            release = _releaser(self.s.release_reader, conn)
+            try:
+                columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, True)
+            except BaseException:
+                release()
+                raise
+            return ResultCursor(self, conn, columns, rows, done, verb, release)
+        # an autocommit write: hold the writer for this statement only
+        await self._lock_writer()
+        conn = self.s.backend.writer()
+        release = _releaser(self._after_autocommit_write, conn)
+        try:
+            columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, False)
+        except BaseException:
+            release()
+            raise
+        if verb.startswith(DDL_VERBS):
+            self.s.schema_changed()
+        return ResultCursor(self, conn, columns, rows, done, verb, release)
+
+    def _after_autocommit_write(self, conn: Connection) -> None:
+        conn.finish()
+        if conn.in_transaction():
+            # The statement opened a transaction SQLite-side (e.g. a SAVEPOINT in a batch
+            # that failed half-way): never leave the writer holding one between sessions.
+            try:
+                conn.run("rollback")
+            except SqldError:
+                pass
+        self._unlock_writer()
+
+    async def _execute_in_tx(self, stmt: Statement, req: Execute):
+        conn = await self._tx_connection()
+        try:
+            info = await self.info(stmt, conn)
+            if self.read_only_tx and not info.readonly:
+                raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
+            columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, info.readonly)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._fail()
+            raise
+        if stmt.verb.startswith(DDL_VERBS):
+            self.schema_dirty = True
+            self.s.schema_changed()
+        return ResultCursor(self, conn, columns, rows, done, stmt.verb, _releaser(_finish_only, conn))
+
+    def _fail(self) -> None:
+        self.failed = True
+
+    async def _tx_connection(self) -> Connection:
+        """The transaction's connection, taken at its first statement (BEGIN itself waits
+        for nothing, as in PostgreSQL, where a transaction takes locks as it goes)."""
+        if self.tx_conn is not None:
+            return self.tx_conn
+        if self.read_only_tx:
+            conn = await self.s.acquire_reader()
+        else:
+            await self._lock_writer()
+            conn = self.s.backend.writer()
+        try:
+            conn.run("begin")
+        except BaseException:
+            self._give_back(conn)
+            raise
+        self.tx_conn = conn
+        return conn
+
+    def _give_back(self, conn: Connection) -> None:
+        if conn.readonly:
+            self.s.release_reader(conn)
+        else:
+            conn.finish()
+            self._unlock_writer()
+
+    async def _end_tx(self, sql: str) -> None:
+        conn, self.tx_conn = self.tx_conn, None
+        self.in_tx = self.failed = self.read_only_tx = False
+        if self.schema_dirty:
+            self.schema_dirty = False
+            self.s.schema_changed()
+        if conn is None:
+            return
+        try:
+            conn.finish()
+            if conn.in_transaction():
+                if sql == "commit":
+                    try:
+                        await self._in_thread(conn, conn.run, "commit")
+                    except BaseException:
+                        # PostgreSQL ends a transaction whose COMMIT failed; SQLite may keep
+                        # it open (deferred foreign keys): roll back so it ends here too.
+                        with anyio.CancelScope(shield=True):
+                            if conn.in_transaction():
+                                await anyio.to_thread.run_sync(conn.run, "rollback", limiter=self.s.limiter)
+                        raise
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(conn.run, "rollback", limiter=self.s.limiter)
+        finally:
+            self._give_back(conn)
+
+    async def _transaction_control(self, stmt: Statement):
+        verb = stmt.verb
+        words = stmt.words
+        if verb in ("BEGIN", "START"):
+            if self.in_tx:
+                return StaticCursor(None, [], "BEGIN", notice="there is already a transaction in progress")
+            self.in_tx = True
+            self.read_only_tx = "ONLY" in words or ("READ" in stmt.sql.upper() and " READ ONLY" in stmt.sql.upper())
+            return StaticCursor(None, [], "BEGIN")
+        if verb in ("COMMIT", "END"):
+            if not self.in_tx:
+                return StaticCursor(None, [], "COMMIT", notice="there is no transaction in progress")
+            if self.failed:
+                await self._end_tx("rollback")
+                return StaticCursor(None, [], "ROLLBACK")
+            await self._end_tx("commit")
+            return StaticCursor(None, [], "COMMIT")
+        if verb in ("ROLLBACK", "ABORT"):
+            if "TO" in words:
+                return await self._rollback_to(stmt)
+            if not self.in_tx:
+                return StaticCursor(None, [], "ROLLBACK", notice="there is no transaction in progress")
+            await self._end_tx("rollback")
+            return StaticCursor(None, [], "ROLLBACK")
+        if verb == "SAVEPOINT":
+            if self.failed:
+                raise InFailedTransaction()
+            if not self.in_tx:
+                self.in_tx = True  # SQLite starts a transaction at an outer SAVEPOINT
+            return await self._run_in_tx(stmt, "SAVEPOINT")
+        if verb == "RELEASE":
+            if self.failed:
+                raise InFailedTransaction()
+            if not self.in_tx:
+                raise SqldError("RELEASE SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
+            return await self._run_in_tx(stmt, "RELEASE")
+        raise SqldError(f"unexpected transaction statement {verb}")
+
+    async def _rollback_to(self, stmt: Statement):
+        if not self.in_tx:
+            raise SqldError("ROLLBACK TO SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
+        conn = self.tx_conn
+        if conn is None or not conn.in_transaction():
+            raise SqldError("savepoint does not exist", sqlstate="3B001")
+        conn.finish()
+        await self._in_thread(conn, conn.run, stmt.sql)
+        self.failed = False
+        return StaticCursor(None, [], "ROLLBACK")
+
+    async def _run_in_tx(self, stmt: Statement, tag: str):
+        conn = await self._tx_connection()
+        try:
+            conn.finish()
+            await self._in_thread(conn, conn.run, stmt.sql)
+        except Exception:
+            self._fail()
+            raise
+        if not conn.in_transaction():
+            # RELEASE of the outermost savepoint committed the transaction.
+            await self._end_tx("commit")
+        return StaticCursor(None, [], tag)
+
+    async def terminate(self) -> None:
+        """The session ended: roll back its transaction at once (shielded from cancellation)."""
+        with anyio.CancelScope(shield=True):
+            if self.in_tx:
+                try:
+                    await self._end_tx("rollback")
+                except Exception as exc:  # the session is gone; nothing to tell it
+                    log.warning("rollback at disconnect failed: %s", exc)
+
+
+def _releaser(fn, conn):
+    """A release callback that runs at most once."""
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn(conn)
+
+    return release
+
+
+def _finish_only(conn: Connection) -> None:
+    conn.finish()
+

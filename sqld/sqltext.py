@@ -1,0 +1,510 @@
+"""SQL text as clients send it: statements split apart, PostgreSQL literal forms made SQLite's.
+
+This is a lexer-level compat layer, not a translator: it rewrites only what drivers put
+into SQL on their own (``$1`` placeholders, ``E'…'`` strings, ``'\\x…'::bytea``,
+``'…'::type`` casts, dollar quotes) and reports what a statement's first words and its
+placeholders' surroundings say. User SQL otherwise passes through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import attrs
+
+from sqld.pgwire import types as t
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+  | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*(?:'|\Z))
+  | (?P<blob>[xX]'[^']*')
+  | (?P<string>'(?:[^']|'')*(?:'|\Z))
+  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$(?:.|\n)*?\$(?P=tag)?\$)
+  | (?P<param>\$\d+|\?\d*|[:@$][A-Za-z_][A-Za-z_0-9]*)
+  | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<qident>"(?:[^"]|"")*(?:"|\Z)|\[[^\]]*(?:\]|\Z)|`[^`]*(?:`|\Z))
+  | (?P<ident>[^\W\d][\w$]*)
+  | (?P<cast>::)
+  | (?P<semi>;)
+  | (?P<op><=|>=|<>|!=|==|\|\||->>|->|<<|>>|.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+@attrs.frozen
+class Token:
+    kind: str
+    text: str
+
+    @property
+    def upper(self) -> str:
+        return self.text.upper()
+
+
+def tokenize(sql: str) -> list[Token]:
+    return [Token(mt.lastgroup if mt.lastgroup != "tag" else "dollar", mt.group()) for mt in _TOKEN.finditer(sql)]
+
+
+def _significant(tokens: list[Token]) -> list[Token]:
+    return [tok for tok in tokens if tok.kind not in ("ws", "comment")]
+
+
+@attrs.frozen
+class ParamHint:
+    """What the SQL around a placeholder says of its type: a cast, or a column it meets."""
+
+    oid: int | None = None
+    column: str | None = None
+
+
+@attrs.frozen
+class Statement:
+    """One statement, ready for SQLite.
+
+    ``sql`` is the rewritten text; ``verb`` its first keyword(s) in upper case, as a
+    PostgreSQL command tag would name it; ``tables`` the tables it names after FROM, JOIN,
+    INTO or UPDATE; ``hints`` what placeholders' surroundings say, by 1-based index.
+    """
+
+    sql: str
+    verb: str
+    words: tuple[str, ...]
+    param_count: int
+    tables: tuple[str, ...] = ()
+    hints: tuple[tuple[int, ParamHint], ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.verb
+
+
+def _unquote_ident(text: str) -> str:
+    if text[0] in "\"[`":
+        return text[1:-1].replace('""', '"')
+    return text.lower()
+
+
+def _sqlite_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_E_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape_e(body: str) -> str:
+    """The value of a PostgreSQL E'…' string (4.1.2.2 of the PostgreSQL manual)."""
+    out: list[str] = []
+    i = 0
+    n = len(body)
+    while i < n:
+        ch = body[i]
+        if ch == "'" and i + 1 < n and body[i + 1] == "'":
+            out.append("'")
+            i += 2
+            continue
+        if ch != "\\" or i + 1 >= n:
+            out.append(ch)
+            i += 1
+            continue
+        nx = body[i + 1]
+        if nx in _E_ESCAPES:
+            out.append(_E_ESCAPES[nx])
+            i += 2
+        elif nx in "01234567":
+            j = i + 1
+            while j < n and j < i + 4 and body[j] in "01234567":
+                j += 1
+            out.append(chr(int(body[i + 1 : j], 8)))
+            i = j
+        elif nx == "x" and i + 2 < n and body[i + 2] in "0123456789abcdefABCDEF":
+            j = i + 2
+            while j < n and j < i + 4 and body[j] in "0123456789abcdefABCDEF":
+                j += 1
+            out.append(chr(int(body[i + 2 : j], 16)))
+            i = j
+        elif nx in "uU":
+            width = 4 if nx == "u" else 8
+            digits = body[i + 2 : i + 2 + width]
+            try:
+                out.append(chr(int(digits, 16)))
+                i += 2 + width
+            except ValueError:
+                out.append(nx)
+                i += 2
+        else:
+            out.append(nx)
+            i += 2
+    return "".join(out)
+
+
+def _string_value(tok: Token) -> str | None:
+    if tok.kind == "string":
+        return tok.text[1:-1].replace("''", "'")
+    if tok.kind == "estring":
+        return _unescape_e(tok.text[2:-1])
+    if tok.kind == "dollar":
+        open_end = tok.text.index("$", 1) + 1
+        return tok.text[open_end : len(tok.text) - open_end]
+    return None
+
+
+# Cast targets → the SQLite CAST type that gives the same storage class.
+_CAST_AFFINITY = {
+    t.INT2: "INTEGER", t.INT4: "INTEGER", t.INT8: "INTEGER", t.OID: "INTEGER",
+    t.FLOAT4: "REAL", t.FLOAT8: "REAL", t.NUMERIC: "NUMERIC",
+    t.TEXT: "TEXT", t.VARCHAR: "TEXT", t.BPCHAR: "TEXT", t.NAME: "TEXT", t.BYTEA: "BLOB",
+}
+
+_MULTIWORD_TYPES = {("DOUBLE", "PRECISION"), ("CHARACTER", "VARYING")}
+
+
+def _read_cast_type(sig: list[Token], i: int) -> tuple[int | None, str, int]:
+    """The type named at sig[i] after '::': (oid or None, its name, index past it)."""
+    if i >= len(sig) or sig[i].kind not in ("ident", "qident"):
+        return None, "", i
+    name = sig[i].text.lower()
+    j = i + 1
+    if j < len(sig) and (sig[i].upper, sig[j].upper) in _MULTIWORD_TYPES:
+        name += " " + sig[j].text.lower()
+        j += 1
+    if name.startswith("pg_catalog."):
+        name = name[len("pg_catalog.") :]
+    # a type modifier: varchar(20), numeric(10, 2)
+    if j < len(sig) and sig[j].text == "(":
+        k = j
+        while k < len(sig) and sig[k].text != ")":
+            k += 1
+        j = k + 1
+    # array brackets: int[]
+    while j + 1 < len(sig) and sig[j].text == "[" and sig[j + 1].text == "]":
+        j += 2
+    return t.CAST_NAMES.get(name), name, j
+
+
+def _operand_start(out: list[str], out_kinds: list[str]) -> int:
+    """Where the operand just emitted to ``out`` begins (for `expr::type`)."""
+    i = len(out) - 1
+    if i < 0:
+        return 0
+    if out[i] == ")":
+        depth = 0
+        while i >= 0:
+            if out[i] == ")":
+                depth += 1
+            elif out[i] == "(":
+                depth -= 1
+                if depth == 0:
+                    # a function call: include its name
+                    if i > 0 and out_kinds[i - 1] in ("ident", "qident"):
+                        i -= 1
+                    return i
+            i -= 1
+        return 0
+    # a.b qualified names
+    while i >= 2 and out[i - 1] == "." and out_kinds[i - 2] in ("ident", "qident"):
+        i -= 2
+    return i
+
+
+def _rewrite(tokens: list[Token]) -> tuple[str, dict[int, int]]:
+    """SQLite text for the tokens, and the cast types of placeholders cast in the SQL."""
+    out: list[str] = []
+    kinds: list[str] = []
+    cast_hints: dict[int, int] = {}
+    sig_idx = [i for i, tok in enumerate(tokens) if tok.kind not in ("ws", "comment")]
+    sig = [tokens[i] for i in sig_idx]
+    si = 0
+    # Work on significant tokens, keeping whitespace between them as single spaces where
+    # the original had any: rewriting never depends on layout.
+    prev_end_ws = False
+    pos_of = {idx: n for n, idx in enumerate(sig_idx)}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.kind in ("ws", "comment"):
+            if tok.kind == "comment" and tok.text.startswith("--"):
+                out.append(tok.text + "\n")
+            else:
+                out.append(tok.text if tok.kind == "comment" else " ")
+            kinds.append("ws")
+            i += 1
+            continue
+        si = pos_of[i]
+        kind = tok.kind
+        if kind == "param" and tok.text[0] == "$" and tok.text[1:].isdigit():
+            out.append("?" + tok.text[1:])
+        elif kind in ("estring", "dollar"):
+            out.append(_sqlite_string(_string_value(tok) or ""))
+            kind = "string"
+        else:
+            out.append(tok.text)
+        kinds.append(kind)
+        i += 1
+        # expr::type
+        if si + 1 < len(sig) and sig[si + 1].kind == "cast":
+            oid, name, after = _read_cast_type(sig, si + 2)
+            if not name:
+                continue
+            # operand: drop the whitespace tokens we emitted, find its start
+            while kinds and kinds[-1] == "ws":
+                out.pop()
+                kinds.pop()
+            start = _operand_start(out, kinds)
+            operand = "".join(out[start:])
+            del out[start:]
+            del kinds[start:]
+            last = sig[si]
+            value = _string_value(last) if start == len(out) and last.kind in ("string", "estring", "dollar") else None
+            if oid == t.BYTEA and value is not None:
+                if value.startswith("\\x"):
+                    out.append("x'" + value[2:] + "'")
+                else:
+                    out.append("x'" + t.bytea_from_text(value).hex() + "'")
+            elif oid == t.BOOL and value is not None:
+                out.append("1" if value.strip().lower() in ("t", "true", "yes", "on", "1", "y") else "0")
+            elif oid in _CAST_AFFINITY:
+                out.append(f"CAST({operand} AS {_CAST_AFFINITY[oid]})")
+            else:
+                out.append(operand)  # date, json, …: SQLite keeps them as text
+            kinds.append("expr")
+            if last.kind == "param" and oid is not None and start == len(out) - 1:
+                n = _param_number(last.text)
+                if n is not None:
+                    cast_hints[n] = oid
+            # skip the cast tokens in the original stream
+            target = sig_idx[after - 1] + 1 if after - 1 < len(sig_idx) else len(tokens)
+            i = target
+    del prev_end_ws
+    return "".join(out).strip(), cast_hints
+
+
+def _param_number(text: str) -> int | None:
+    if text[0] in "$?" and text[1:].isdigit():
+        return int(text[1:])
+    return None
+
+
+_COMPARISON = {"=", "==", "<>", "!=", "<", ">", "<=", ">=", "IS", "LIKE", "GLOB", "IN"}
+
+_TWO_WORD_VERBS = {
+    "CREATE", "DROP", "ALTER",
+}
+
+
+def _verb_words(sig: list[Token]) -> tuple[str, ...]:
+    words = []
+    for tok in sig[:6]:
+        if tok.kind != "ident":
+            break
+        words.append(tok.upper)
+    return tuple(words)
+
+
+def _command_verb(words: tuple[str, ...], sig: list[Token]) -> str:
+    if not words:
+        return ""
+    first = words[0]
+    if first in _TWO_WORD_VERBS:
+        rest = [w for w in words[1:] if w not in ("TEMP", "TEMPORARY", "UNIQUE", "VIRTUAL", "OR", "REPLACE")]
+        return f"{first} {rest[0]}" if rest else first
+    if first == "WITH":
+        # the verb of a CTE statement is the first INSERT/UPDATE/DELETE/SELECT at depth 0
+        depth = 0
+        for tok in sig:
+            if tok.text == "(":
+                depth += 1
+            elif tok.text == ")":
+                depth -= 1
+            elif depth == 0 and tok.kind == "ident" and tok.upper in ("SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "VALUES"):
+                return tok.upper
+        return "SELECT"
+    if first == "END":
+        return "COMMIT"
+    if first == "ABORT":
+        return "ROLLBACK"
+    return first
+
+
+def _hints(sig: list[Token], cast_hints: dict[int, int]) -> tuple[tuple[str, ...], dict[int, ParamHint]]:
+    """Tables named, and per placeholder what its neighbours say of its type."""
+    tables: list[str] = []
+    hints: dict[int, ParamHint] = {n: ParamHint(oid=oid) for n, oid in cast_hints.items()}
+    upper = [tok.upper if tok.kind == "ident" else tok.text for tok in sig]
+    n = len(sig)
+    next_positional = 1
+    numbers: list[int | None] = []
+    for tok in sig:
+        if tok.kind == "param":
+            num = _param_number(tok.text)
+            if num is None and tok.text == "?":
+                num = next_positional
+            if num is not None:
+                next_positional = num + 1
+            numbers.append(num)
+        else:
+            numbers.append(None)
+
+    def ident_at(k: int) -> str | None:
+        if 0 <= k < n and sig[k].kind in ("ident", "qident"):
+            return _unquote_ident(sig[k].text)
+        return None
+
+    for k, word in enumerate(upper):
+        if word in ("FROM", "JOIN", "INTO", "UPDATE", "TABLE") and k + 1 < n:
+            name = ident_at(k + 1)
+            if name and k + 3 < n and sig[k + 2].text == ".":
+                name = ident_at(k + 3)
+            if name:
+                tables.append(name)
+    for k, num in enumerate(numbers):
+        if num is None or num in hints:
+            continue
+        if k > 0 and upper[k - 1] in ("LIMIT", "OFFSET"):
+            hints[num] = ParamHint(oid=t.INT8)
+            continue
+        # col op $n
+        if k >= 2 and upper[k - 1] in _COMPARISON:
+            col = ident_at(k - 2)
+            if col:
+                hints[num] = ParamHint(column=col)
+                continue
+        if k >= 3 and upper[k - 1] == "(" and upper[k - 2] == "IN":
+            col = ident_at(k - 3)
+            if col:
+                hints[num] = ParamHint(column=col)
+                continue
+        # $n op col
+        if k + 2 < n and upper[k + 1] in _COMPARISON:
+            col = ident_at(k + 2)
+            if col:
+                hints[num] = ParamHint(column=col)
+                continue
+        # SET col = $n
+        if k >= 2 and upper[k - 1] == "=" and ident_at(k - 2):
+            hints[num] = ParamHint(column=ident_at(k - 2))
+    # INSERT INTO t (a, b, c) VALUES ($1, $2, $3), (...)
+    if upper and upper[0] in ("INSERT", "REPLACE"):
+        try:
+            open_cols = upper.index("(")
+            values_at = upper.index("VALUES")
+        except ValueError:
+            open_cols = values_at = -1
+        if 0 < open_cols < values_at:
+            cols = [ident_at(k) for k in range(open_cols + 1, values_at) if sig[k].kind in ("ident", "qident")]
+            k = values_at + 1
+            while k < n and upper[k] == "(":
+                k += 1
+                pos = 0
+                depth = 0
+                while k < n:
+                    if upper[k] == "(":
+                        depth += 1
+                    elif upper[k] == ")":
+                        if depth == 0:
+                            break
+                        depth -= 1
+                    elif upper[k] == "," and depth == 0:
+                        pos += 1
+                    elif depth == 0 and numbers[k] is not None and pos < len(cols):
+                        # only a bare placeholder as the whole value
+                        if upper[k - 1] in ("(", ",") and k + 1 < n and upper[k + 1] in (",", ")"):
+                            hints.setdefault(numbers[k], ParamHint(column=cols[pos]))
+                    k += 1
+                k += 1
+                if k < n and upper[k] == ",":
+                    k += 1
+    return tuple(dict.fromkeys(tables)), hints
+
+
+def _count_params(sig: list[Token]) -> int:
+    count = 0
+    positional = 0
+    named: set[str] = set()
+    for tok in sig:
+        if tok.kind != "param":
+            continue
+        num = _param_number(tok.text)
+        if num is not None:
+            positional = num
+            count = max(count, num)
+        elif tok.text == "?":
+            positional += 1
+            count = max(count, positional)
+        elif tok.text not in named:
+            named.add(tok.text)
+            positional += 1
+            count = max(count, positional)
+    return count
+
+
+def _make_statement(tokens: list[Token]) -> Statement:
+    sig = _significant(tokens)
+    if not sig:
+        return Statement(sql="", verb="", words=(), param_count=0)
+    sql, cast_hints = _rewrite(tokens)
+    words = _verb_words(sig)
+    tables, hints = _hints(sig, cast_hints)
+    return Statement(
+        sql=sql,
+        verb=_command_verb(words, sig),
+        words=words,
+        param_count=_count_params(sig),
+        tables=tables,
+        hints=tuple(sorted(hints.items())),
+    )
+
+
+@lru_cache(maxsize=2048)
+def parse(sql: str) -> tuple[Statement, ...]:
+    """The statements of one query string, in order; empty statements dropped.
+
+    A CREATE TRIGGER body keeps its inner semicolons (its BEGIN … END is tracked).
+    """
+    tokens = tokenize(sql)
+    statements: list[Statement] = []
+    current: list[Token] = []
+    in_trigger = False
+    depth = 0  # BEGIN/CASE … END nesting inside a trigger body
+    first_words: list[str] = []
+    for tok in tokens:
+        if tok.kind == "semi" and not (in_trigger and depth > 0):
+            stmt = _make_statement(current)
+            if not stmt.is_empty:
+                statements.append(stmt)
+            current = []
+            in_trigger = False
+            depth = 0
+            first_words = []
+            continue
+        current.append(tok)
+        if tok.kind == "ident":
+            up = tok.upper
+            if len(first_words) < 4:
+                first_words.append(up)
+                if first_words[0] == "CREATE" and up == "TRIGGER":
+                    in_trigger = True
+            if in_trigger:
+                if up in ("BEGIN", "CASE"):
+                    depth += 1
+                elif up == "END":
+                    depth -= 1
+    stmt = _make_statement(current)
+    if not stmt.is_empty:
+        statements.append(stmt)
+    return tuple(statements)
+
+
+def parse_one(sql: str) -> Statement:
+    """The single statement of an extended-protocol Parse (PostgreSQL allows only one)."""
+    stmts = parse(sql)
+    if not stmts:
+        return Statement(sql="", verb="", words=(), param_count=0)
+    if len(stmts) > 1:
+        from sqld.errors import SyntaxError_
+
+        raise SyntaxError_("cannot insert multiple commands into a prepared statement")
+    return stmts[0]
