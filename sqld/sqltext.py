@@ -59,6 +59,7 @@ class ParamHint:
 
     oid: int | None = None
     column: str | None = None
+    position: int | None = None  # INSERT without a column list: the table's n-th column (0-based)
 
 
 @attrs.frozen
@@ -393,8 +394,12 @@ def _hints(sig: list[Token], cast_hints: dict[int, int]) -> tuple[tuple[str, ...
             values_at = upper.index("VALUES")
         except ValueError:
             open_cols = values_at = -1
+        cols: list | None = None
         if 0 < open_cols < values_at:
             cols = [ident_at(k) for k in range(open_cols + 1, values_at) if sig[k].kind in ("ident", "qident")]
+        elif values_at > 0:
+            cols = None  # no column list: values go to the table's columns in order
+        if values_at > 0:
             k = values_at + 1
             while k < n and upper[k] == "(":
                 k += 1
@@ -409,10 +414,11 @@ def _hints(sig: list[Token], cast_hints: dict[int, int]) -> tuple[tuple[str, ...
                         depth -= 1
                     elif upper[k] == "," and depth == 0:
                         pos += 1
-                    elif depth == 0 and numbers[k] is not None and pos < len(cols):
+                    elif depth == 0 and numbers[k] is not None and (cols is None or pos < len(cols)):
                         # only a bare placeholder as the whole value
                         if upper[k - 1] in ("(", ",") and k + 1 < n and upper[k + 1] in (",", ")"):
-                            hints.setdefault(numbers[k], ParamHint(column=cols[pos]))
+                            hint = ParamHint(position=pos) if cols is None else ParamHint(column=cols[pos])
+                            hints.setdefault(numbers[k], hint)
                     k += 1
                 k += 1
                 if k < n and upper[k] == ",":

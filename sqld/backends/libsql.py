@@ -46,7 +46,15 @@ class LibsqlConnection:
         self._cancelled = None
         self._stop: str | None = None
         self.context: Any = None  # whose statement runs now; opaque here, read by SQL functions
+        self._description = None
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
+        # The columns of a statement are known after prepare, but apsw forgets them once a
+        # statement finishes without a row: catch them before the first step.
+        conn.exec_trace = self._trace
+
+    def _trace(self, cursor, sql, bindings) -> bool:
+        self._description = cursor.get_description()
+        return True
 
     # -- stop conditions ------------------------------------------------------------------
 
@@ -97,11 +105,9 @@ class LibsqlConnection:
         self._drop_cursor()
         cur = self.apsw.cursor()
         try:
+            self._description = None
             cur.execute(sql, params)
-            try:
-                desc = cur.get_description()
-            except apsw.ExecutionCompleteError:
-                desc = None
+            desc = self._description
             columns = tuple(Column(n, d) for n, d in desc) if desc else None
             self._cursor = cur
             self._iter = cur

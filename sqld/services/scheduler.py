@@ -26,7 +26,7 @@ import anyio.to_thread
 import attrs
 
 from sqld.backends.base import Backend, BudgetExceeded, Connection, Interrupted, StatementInfo
-from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SqldError
+from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
     Describe,
     DescribeResult,
@@ -37,6 +37,7 @@ from sqld.services.base import (
     Sync,
     Terminate,
 )
+from sqld.pgwire.types import INT8
 from sqld.sqltext import Statement
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Scheduler:
     _reader_slots: anyio.Semaphore = attrs.field(init=False)
     limiter: anyio.CapacityLimiter = attrs.field(init=False)
     functions: list = attrs.field(factory=list)  # (name, nargs, fn(context, *args))
+    commit_seq: int = 0  # write commits so far: tells a read snapshot it went stale
     _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
     _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
 
@@ -97,6 +99,13 @@ class Scheduler:
 
     def release_reader(self, conn: Connection) -> None:
         conn.finish()
+        if conn.in_transaction():
+            try:
+                conn.run("rollback")  # end its read snapshot: cheap, nothing to undo
+            except SqldError:
+                conn.close()
+                self._reader_slots.release()
+                return
         self._idle_readers.append(conn)
         self._reader_slots.release()
 
@@ -190,6 +199,7 @@ class SchedulerService:
         self.read_only_tx = False
         self.tx_conn: Connection | None = None   # the connection the transaction runs on
         self.schema_dirty = False  # the open transaction changed the schema
+        self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
 
     @property
     def status(self) -> bytes:
@@ -290,7 +300,7 @@ class SchedulerService:
         return info
 
     async def describe(self, stmt: Statement) -> DescribeResult:
-        if self.failed:
+        if self.failed and stmt.verb not in TX_VERBS:
             raise InFailedTransaction()
         info = await self.info(stmt)
         decltypes: list[str | None] = [None] * info.param_count
@@ -302,7 +312,14 @@ class SchedulerService:
                 conn = reader = await self.s.acquire_reader()
             try:
                 for n, hint in hints.items():
-                    if hint.column and 0 < n <= len(decltypes):
+                    if not 0 < n <= len(decltypes):
+                        continue
+                    if hint.position is not None:
+                        columns = list(self.s.decltypes(conn, stmt.tables[0]).values())
+                        if hint.position < len(columns):
+                            decltypes[n - 1] = columns[hint.position]
+                        continue
+                    if hint.column:
                         for table in stmt.tables:
                             d = self.s.decltypes(conn, table).get(hint.column)
                             if d:
@@ -324,7 +341,7 @@ class SchedulerService:
         try:
             conn.guard(budget=self.s.inline_budget or 20, deadline=None, cancelled=None, context=self.state)
             try:
-                _, rows, _ = conn.start(stmt.sql, (None,) * info.param_count, 1)
+                _, rows, _ = conn.start(stmt.sql, _peek_params(stmt, info.param_count), 1)
             except (BudgetExceeded, Interrupted, SqldError):
                 return None
             finally:
@@ -368,6 +385,7 @@ class SchedulerService:
 
     def _after_autocommit_write(self, conn: Connection) -> None:
         conn.finish()
+        self.s.commit_seq += 1
         if conn.in_transaction():
             # The statement opened a transaction SQLite-side (e.g. a SAVEPOINT in a batch
             # that failed half-way): never leave the writer holding one between sessions.
@@ -378,11 +396,14 @@ class SchedulerService:
         self._unlock_writer()
 
     async def _execute_in_tx(self, stmt: Statement, req: Execute):
-        conn = await self._tx_connection()
         try:
-            info = await self.info(stmt, conn)
-            if self.read_only_tx and not info.readonly:
+            info = await self.info(stmt, self.tx_conn)
+            if info.readonly:
+                conn = await self._tx_connection()
+            elif self.read_only_tx:
                 raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
+            else:
+                conn = await self._tx_writer()
             columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, info.readonly)
         except BaseException as exc:
             if isinstance(exc, Exception):
@@ -397,22 +418,50 @@ class SchedulerService:
         self.failed = True
 
     async def _tx_connection(self) -> Connection:
-        """The transaction's connection, taken at its first statement (BEGIN itself waits
-        for nothing, as in PostgreSQL, where a transaction takes locks as it goes)."""
+        """The transaction's connection for a read. A transaction starts on a reader at its
+        first statement (BEGIN itself takes nothing, as in PostgreSQL) and moves to the
+        writer at its first write (``_tx_writer``)."""
         if self.tx_conn is not None:
             return self.tx_conn
-        if self.read_only_tx:
-            conn = await self.s.acquire_reader()
-        else:
-            await self._lock_writer()
-            conn = self.s.backend.writer()
+        conn = await self.s.acquire_reader()
+        # Taken before the snapshot starts: a commit racing with it can only make the
+        # upgrade check below fail safe (a spurious 40001), never miss a change.
+        self.snapshot_seq = self.s.commit_seq
         try:
             conn.run("begin")
         except BaseException:
-            self._give_back(conn)
+            self.s.release_reader(conn)
             raise
         self.tx_conn = conn
         return conn
+
+    async def _tx_writer(self) -> Connection:
+        """The writer, for a write in the transaction, taking it over from the reader the
+        transaction read on if nothing was committed since its snapshot began; otherwise
+        the transaction read stale data and must be retried (SQLite's own rule for a
+        deferred transaction that starts writing: SQLITE_BUSY_SNAPSHOT)."""
+        conn = self.tx_conn
+        if conn is not None and not conn.readonly:
+            return conn
+        await self._lock_writer()
+        if conn is not None:
+            if self.s.commit_seq != self.snapshot_seq:
+                self._unlock_writer()
+                raise SerializationFailure(
+                    "could not serialize access due to concurrent update",
+                    detail="Another session committed after this transaction's first read.",
+                    hint="Retry the transaction, or start it with a write.",
+                )
+            self.tx_conn = None
+            self.s.release_reader(conn)  # its read transaction ends when it is reused (finish → begin)
+        writer = self.s.backend.writer()
+        try:
+            writer.run("begin immediate")
+        except BaseException:
+            self._unlock_writer()
+            raise
+        self.tx_conn = writer
+        return writer
 
     def _give_back(self, conn: Connection) -> None:
         if conn.readonly:
@@ -431,10 +480,13 @@ class SchedulerService:
             return
         try:
             conn.finish()
-            if conn.in_transaction():
+            if conn.readonly:
+                pass  # a read transaction: release_reader ends it
+            elif conn.in_transaction():
                 if sql == "commit":
                     try:
                         await self._in_thread(conn, conn.run, "commit")
+                        self.s.commit_seq += 1
                     except BaseException:
                         # PostgreSQL ends a transaction whose COMMIT failed; SQLite may keep
                         # it open (deferred foreign keys): roll back so it ends here too.
@@ -498,7 +550,8 @@ class SchedulerService:
         return StaticCursor(None, [], "ROLLBACK")
 
     async def _run_in_tx(self, stmt: Statement, tag: str):
-        conn = await self._tx_connection()
+        # Savepoints live on the writer: they could not follow a move from a reader.
+        conn = await (self._tx_connection() if self.read_only_tx else self._tx_writer())
         try:
             conn.finish()
             await self._in_thread(conn, conn.run, stmt.sql)
@@ -531,6 +584,16 @@ def _releaser(fn, conn):
             fn(conn)
 
     return release
+
+
+def _peek_params(stmt: Statement, count: int) -> tuple:
+    """Parameters for a peek: NULL, but -1 where an integer is wanted (LIMIT -1 is no limit,
+    where LIMIT NULL would be an error)."""
+    params = [None] * count
+    for n, hint in stmt.hints:
+        if hint.oid == INT8 and 0 < n <= count:
+            params[n - 1] = -1
+    return tuple(params)
 
 
 def _finish_only(conn: Connection) -> None:
