@@ -63,6 +63,17 @@ class ParamHint:
 
 
 @attrs.frozen
+class ColumnHint:
+    """What a select-list item's text says of its type: a SQLite type name it surely has
+    (a cast, a literal, a function of known result), or the columns and literals of an
+    arithmetic expression whose type follows from theirs."""
+
+    decltype: str | None = None
+    operands: tuple[str, ...] = ()  # column names of an arithmetic expression
+    has_real: bool = False          # … with a REAL literal in it
+
+
+@attrs.frozen
 class Statement:
     """One statement, ready for SQLite.
 
@@ -77,6 +88,7 @@ class Statement:
     param_count: int
     tables: tuple[str, ...] = ()
     hints: tuple[tuple[int, ParamHint], ...] = ()
+    columns: tuple[ColumnHint | None, ...] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -426,6 +438,136 @@ def _hints(sig: list[Token], cast_hints: dict[int, int]) -> tuple[tuple[str, ...
     return tuple(dict.fromkeys(tables)), hints
 
 
+_INT_FUNCS = frozenset((
+    "COUNT", "LENGTH", "OCTET_LENGTH", "INSTR", "UNICODE", "RANDOM", "CHANGES", "TOTAL_CHANGES",
+    "LAST_INSERT_ROWID", "ROW_NUMBER", "RANK", "DENSE_RANK", "NTILE", "SIGN",
+))
+_REAL_FUNCS = frozenset(("AVG", "TOTAL", "JULIANDAY", "PI", "SQRT", "EXP", "LN", "LOG", "LOG10", "LOG2",
+                         "POWER", "POW", "SIN", "COS", "TAN", "ASIN", "ACOS", "ATAN", "ATAN2", "DEGREES",
+                         "RADIANS", "PERCENT_RANK", "CUME_DIST"))
+_TEXT_FUNCS = frozenset((
+    "LOWER", "UPPER", "SUBSTR", "SUBSTRING", "TRIM", "LTRIM", "RTRIM", "REPLACE", "HEX", "QUOTE",
+    "TYPEOF", "PRINTF", "FORMAT", "GROUP_CONCAT", "STRING_AGG", "CHAR", "DATE", "TIME", "DATETIME",
+    "STRFTIME", "SQLITE_VERSION", "JSON", "JSON_OBJECT", "JSON_ARRAY", "JSON_GROUP_ARRAY",
+    "JSON_GROUP_OBJECT", "JSON_TYPE", "SOUNDEX", "VERSION", "CURRENT_SETTING", "UNISTR", "CONCAT",
+    "CONCAT_WS",
+))
+_BLOB_FUNCS = frozenset(("RANDOMBLOB", "ZEROBLOB", "UNHEX", "JSONB"))
+_AFFINITY_NAMES = (("INT", "INTEGER"), ("CHAR", "TEXT"), ("CLOB", "TEXT"), ("TEXT", "TEXT"),
+                   ("BLOB", "BLOB"), ("REAL", "REAL"), ("FLOA", "REAL"), ("DOUB", "REAL"))
+
+
+def _typed(name: str) -> ColumnHint | None:
+    decl = _cast_decltype(name)
+    return ColumnHint(decltype=decl) if decl else None
+
+
+def _cast_decltype(name: str) -> str | None:
+    up = name.upper()
+    if up in ("BYTEA",):
+        return "BLOB"
+    if up in ("BOOL", "BOOLEAN"):
+        return "BOOLEAN"
+    for key, decl in _AFFINITY_NAMES:
+        if key in up:
+            return decl
+    return None
+
+
+def _item_hint(item: list[Token]) -> ColumnHint | None:
+    # drop a trailing alias: "expr AS name" or "expr name"
+    if len(item) >= 3 and item[-2].upper == "AS":
+        item = item[:-2]
+    elif len(item) >= 2 and item[-1].kind in ("ident", "qident") and (
+        item[-2].kind in ("ident", "qident", "number", "string", "blob") or item[-2].text == ")"
+    ):
+        item = item[:-1]
+    if not item:
+        return None
+    if len(item) >= 3 and item[-2].kind == "cast":
+        return _typed(item[-1].text)
+    first = item[0]
+    if len(item) == 1:
+        if first.kind == "number":
+            is_real = any(c in first.text for c in ".eE") and not first.text.lower().startswith("0x")
+            return ColumnHint(decltype="REAL" if is_real else "INTEGER")
+        if first.kind in ("string", "estring", "dollar"):
+            return ColumnHint(decltype="TEXT")
+        if first.kind == "blob":
+            return ColumnHint(decltype="BLOB")
+        if first.kind == "ident" and first.upper in ("CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME"):
+            return ColumnHint(decltype="TEXT")
+    if first.kind == "ident" and len(item) >= 3 and item[1].text == "(" and item[-1].text == ")":
+        # one function call spanning the whole item?
+        depth = 0
+        for k, tok in enumerate(item[1:], 1):
+            if tok.text == "(":
+                depth += 1
+            elif tok.text == ")":
+                depth -= 1
+                if depth == 0 and k != len(item) - 1:
+                    break
+        else:
+            name = first.upper
+            if name == "CAST":
+                as_at = [k for k, tok in enumerate(item) if tok.upper == "AS"]
+                if as_at:
+                    return _typed(" ".join(tok.text for tok in item[as_at[-1] + 1 : -1]))
+                return None
+            if name in _INT_FUNCS:
+                return ColumnHint(decltype="INTEGER")
+            if name in _REAL_FUNCS:
+                return ColumnHint(decltype="REAL")
+            if name in _TEXT_FUNCS:
+                return ColumnHint(decltype="TEXT")
+            if name in _BLOB_FUNCS:
+                return ColumnHint(decltype="BLOB")
+            return None
+    if any(tok.text == "||" for tok in item):
+        return ColumnHint(decltype="TEXT")
+    # arithmetic over columns and numbers: its type follows from theirs
+    operands: list[str] = []
+    has_real = False
+    for k, tok in enumerate(item):
+        if tok.kind == "number":
+            if any(c in tok.text for c in ".eE") and not tok.text.lower().startswith("0x"):
+                has_real = True
+        elif tok.kind in ("ident", "qident"):
+            if k + 1 < len(item) and item[k + 1].text == ".":
+                continue  # a table qualifier
+            operands.append(_unquote_ident(tok.text))
+        elif tok.text not in ("+", "-", "*", "/", "%", "(", ")", "."):
+            return None
+    if operands or has_real:
+        return ColumnHint(operands=tuple(operands), has_real=has_real)
+    if all(tok.kind == "number" or tok.text in ("+", "-", "*", "/", "%", "(", ")") for tok in item):
+        return ColumnHint(decltype="INTEGER")
+    return None
+
+
+def _select_list(sig: list[Token]) -> tuple[ColumnHint | None, ...] | None:
+    """Hints for each item of a plain SELECT's select list; None where a star hides positions."""
+    items: list[list[Token]] = [[]]
+    depth = 0
+    for tok in sig[1:]:
+        up = tok.upper if tok.kind == "ident" else tok.text
+        if depth == 0 and up in ("FROM", "WHERE", "GROUP", "ORDER", "LIMIT", "UNION", "EXCEPT", "INTERSECT", "WINDOW", "HAVING"):
+            break
+        if tok.text == "(":
+            depth += 1
+        elif tok.text == ")":
+            depth -= 1
+        if depth == 0 and tok.text == ",":
+            items.append([])
+            continue
+        items[-1].append(tok)
+    if items and items[0] and items[0][0].upper in ("DISTINCT", "ALL"):
+        items[0] = items[0][1:]
+    if any(tok.text == "*" and (len(item) == 1 or item[-2].text == ".") for item in items for tok in item[-1:]):
+        return None
+    return tuple(_item_hint(item) for item in items)
+
+
 def _count_params(sig: list[Token]) -> int:
     count = 0
     positional = 0
@@ -461,6 +603,7 @@ def _make_statement(tokens: list[Token]) -> Statement:
         param_count=_count_params(sig),
         tables=tables,
         hints=tuple(sorted(hints.items())),
+        columns=_select_list(sig) if words and words[0] == "SELECT" else None,
     )
 
 

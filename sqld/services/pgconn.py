@@ -16,7 +16,7 @@ import anyio.abc
 import attrs
 
 from sqld.backends.base import Column
-from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections, UndefinedObject
+from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
@@ -169,11 +169,8 @@ class PgConnection:
                 if not await self.startup():
                     return
                 await self.serve()
-            except ProtocolViolation as exc:
-                log.info("protocol violation from client: %s", exc.message)
-                self.write_error(exc)
-                await self.flush()
-            except TooManyConnections as exc:
+            except SqldError as exc:  # FATAL: the session cannot go on
+                log.info("closing session: %s %s", exc.sqlstate, exc.message)
                 self.write_error(exc)
                 await self.flush()
             except anyio.get_cancelled_exc_class():
@@ -288,9 +285,9 @@ class PgConnection:
                     pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
                 else:
                     raise ProtocolViolation(f"unexpected message {mt.__name__} in this state")
-            except ProtocolViolation:
-                raise
             except SqldError as err:
+                if err.severity == "FATAL":
+                    raise
                 self.write_error(err)
                 if mt is not m.Query:
                     self.skip_to_sync = True

@@ -20,12 +20,13 @@ COMMIT waits for fsync).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import anyio
 import anyio.to_thread
 import attrs
 
-from sqld.backends.base import Backend, BudgetExceeded, Connection, Interrupted, StatementInfo
+from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Interrupted, StatementInfo
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
     Describe,
@@ -42,6 +43,7 @@ from sqld.sqltext import Statement
 
 log = logging.getLogger(__name__)
 
+_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
 TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
 DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
 _DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
@@ -305,7 +307,10 @@ class SchedulerService:
         info = await self.info(stmt)
         decltypes: list[str | None] = [None] * info.param_count
         hints = dict(stmt.hints)
-        if hints and stmt.tables:
+        guesses = stmt.columns
+        untyped = guesses is not None and len(guesses) == len(info.columns) and any(
+            c.decltype is None for c in info.columns)
+        if (hints or untyped) and stmt.tables:
             conn = self.tx_conn
             reader = None
             if conn is None:
@@ -325,10 +330,42 @@ class SchedulerService:
                             if d:
                                 decltypes[n - 1] = d
                                 break
+                if untyped:
+                    info = attrs.evolve(info, columns=tuple(
+                        col if col.decltype or hint is None else
+                        Column(col.name, self._guess(conn, stmt.tables, hint))
+                        for col, hint in zip(info.columns, guesses)))
             finally:
                 if reader is not None:
                     self.s.release_reader(reader)
+        elif untyped:
+            info = attrs.evolve(info, columns=tuple(
+                col if col.decltype or hint is None else Column(col.name, hint.decltype)
+                for col, hint in zip(info.columns, guesses)))
         return DescribeResult(info=info, param_decltypes=tuple(decltypes))
+
+    def _guess(self, conn: Connection, tables, hint) -> str | None:
+        """The declared type an expression column would have: its cast, literal or function
+        type, or for arithmetic the type its operand columns give it."""
+        if hint.decltype or not hint.operands:
+            return hint.decltype or ("REAL" if hint.has_real else None)
+        kinds = set()
+        for name in hint.operands:
+            decl = None
+            for table in tables:
+                decl = self.s.decltypes(conn, table).get(name)
+                if decl:
+                    break
+            up = (decl or "").upper()
+            if "INT" in up:
+                kinds.add("INTEGER")
+            elif "REAL" in up or "FLOA" in up or "DOUB" in up:
+                kinds.add("REAL")
+            else:
+                return decl if len(hint.operands) == 1 and not hint.has_real else None
+        if kinds == {"INTEGER"} and not hint.has_real:
+            return "INTEGER"
+        return "REAL"
 
     async def peek(self, stmt: Statement) -> tuple | None:
         info = await self.info(stmt)
@@ -507,7 +544,15 @@ class SchedulerService:
             if self.in_tx:
                 return StaticCursor(None, [], "BEGIN", notice="there is already a transaction in progress")
             self.in_tx = True
-            self.read_only_tx = "ONLY" in words or ("READ" in stmt.sql.upper() and " READ ONLY" in stmt.sql.upper())
+            self.read_only_tx = _READ_ONLY.search(stmt.sql) is not None
+            if not self.read_only_tx and ("IMMEDIATE" in words or "EXCLUSIVE" in words):
+                # SQLite's way to say "this transaction will write": take the writer now, so
+                # its reads can never go stale before its first write (no 40001 later).
+                try:
+                    await self._tx_writer()
+                except BaseException:
+                    self.in_tx = False
+                    raise
             return StaticCursor(None, [], "BEGIN")
         if verb in ("COMMIT", "END"):
             if not self.in_tx:

@@ -1,0 +1,226 @@
+"""The server process as a whole: signals, flags, cancel, timeouts, disconnects, concurrency, streaming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import psycopg
+import pytest
+
+LONG_QUERY = "with recursive s(n) as (select 1 union all select n + 1 from s where n < 2000000000) select count(*) from s"
+
+
+def test_cancel_request_interrupts_running_query(sqld_server):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        timer = threading.Timer(0.5, c.cancel)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            c.execute(LONG_QUERY)
+        assert time.monotonic() - start < 10
+        assert info.value.sqlstate == "57014"
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_statement_timeout_flag_and_setting(start_sqld):
+    server = start_sqld("--statement-timeout", "300ms")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("show statement_timeout").fetchone() == ("300ms",)
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            c.execute(LONG_QUERY)
+        assert time.monotonic() - start < 5
+        c.execute("set statement_timeout = 0")
+        assert c.execute("select 42").fetchone() == (42,)
+        c.execute("set statement_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute(LONG_QUERY)
+
+
+def test_disconnect_mid_transaction_rolls_back_at_once(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(v integer)")
+    a = psycopg.connect(sqld_server.dsn())
+    a.execute(f"insert into {table_name} values (1)")  # holds the writer, uncommitted
+    # drop the socket without a Terminate message, as a crashed client would
+    dup = socket.socket(fileno=os.dup(a.pgconn.socket))
+    dup.shutdown(socket.SHUT_RDWR)
+    dup.close()
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as b:
+        b.execute("set statement_timeout = '5s'")
+        b.execute(f"insert into {table_name} values (2)")  # the writer is free again
+        assert b.execute(f"select v from {table_name}").fetchall() == [(2,)]
+    try:
+        a.close()
+    except psycopg.Error:
+        pass
+
+
+def test_sigterm_rolls_back_checkpoints_and_exits_zero(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table kept(v integer)")
+        c.execute("insert into kept values (1)")
+    open_tx = psycopg.connect(server.dsn())
+    open_tx.execute("insert into kept values (2)")
+    assert server.stop(signal.SIGTERM) == 0
+    with pytest.raises(psycopg.OperationalError):
+        open_tx.execute("select 1")
+    wal = tmp_path / "db" / "main.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, "WAL not checkpointed at shutdown"
+    log = server.log()
+    assert "Traceback" not in log
+    restarted = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(restarted.dsn(), autocommit=True) as c:
+        assert c.execute("select v from kept").fetchall() == [(1,)]
+
+
+def run_sqld(*args, timeout=20):
+    return subprocess.run([sys.executable, "-m", "sqld", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_taken_port_is_one_clear_line(sqld_server, tmp_path):
+    res = run_sqld("--db-path", str(tmp_path / "x"), "--listen-addr", f"127.0.0.1:{sqld_server.port}")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert f"cannot listen on 127.0.0.1:{sqld_server.port}" in res.stderr
+
+
+def test_corrupt_database_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database at all" * 200)
+    res = run_sqld("--db-path", str(bad), "--listen-addr", "127.0.0.1:0")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert "not a database" in res.stderr
+
+
+def test_bad_flags_are_usage_errors(tmp_path):
+    res = run_sqld("--listen-addr", "nonsense", "--db-path", str(tmp_path / "x"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--listen-addr" in res.stderr
+    res = run_sqld("--synchronous", "sometimes")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    res = run_sqld("--statement-timeout", "soon")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_flags_from_environment(start_sqld):
+    server = start_sqld(env={"SQLD_STATEMENT_TIMEOUT": "2s"})
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("show statement_timeout").fetchone() == ("2000ms",)
+
+
+def test_max_connections(start_sqld):
+    server = start_sqld("--max-connections", "2")
+    a = psycopg.connect(server.dsn())
+    b = psycopg.connect(server.dsn())
+    with pytest.raises(psycopg.OperationalError, match="too many clients"):
+        psycopg.connect(server.dsn())
+    a.close()
+    with psycopg.connect(server.dsn()) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    b.close()
+
+
+def test_garbage_bytes_get_an_error_and_others_keep_working(sqld_server):
+    with socket.create_connection((sqld_server.host, sqld_server.port), timeout=5) as s:
+        s.sendall(struct.pack("!ii", 8, 1234) + b"garbage")
+        data = s.recv(1000)
+        assert data[:1] == b"E" and b"08P01" in data
+    with socket.create_connection((sqld_server.host, sqld_server.port), timeout=5) as s:
+        s.sendall(struct.pack("!ii", 0x7FFFFFFF, 196608))  # a 2 GB startup packet
+        assert b"08P01" in s.recv(1000)
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_concurrent_clients_exact_counts(sqld_server, table_name):
+    clients, per_client = 16, 40
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key, n integer not null)")
+        c.execute(f"create table {table_name}_log(client integer, i integer)")
+        c.execute(f"insert into {table_name} values (1, 0)")
+    errors: list[BaseException] = []
+
+    def client(k: int) -> None:
+        try:
+            with psycopg.connect(sqld_server.dsn(), autocommit=True) as conn:
+                for i in range(per_client):
+                    if i % 4 == 0:
+                        with conn.transaction():
+                            conn.execute(f"update {table_name} set n = n + 1 where id = 1")
+                            conn.execute(f"insert into {table_name}_log values (%s, %s)", (k, i))
+                    elif i % 4 == 1:
+                        conn.execute(f"update {table_name} set n = n + 1 where id = 1")
+                        conn.execute(f"insert into {table_name}_log values (%s, %s)", (k, i))
+                    else:
+                        conn.execute(f"select n from {table_name} where id = 1").fetchone()
+                        conn.execute(f"select count(*) from {table_name}_log where client = %s", (k,)).fetchone()
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors[:3]
+    writes = clients * per_client // 2
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        assert c.execute(f"select n from {table_name}").fetchone() == (writes,)
+        assert c.execute(f"select count(*), count(distinct client) from {table_name}_log").fetchone() == (writes, clients)
+
+
+def test_read_then_write_transaction_after_concurrent_commit_is_40001(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(v integer)")
+    with psycopg.connect(sqld_server.dsn()) as a, psycopg.connect(sqld_server.dsn(), autocommit=True) as b:
+        assert a.execute(f"select count(*) from {table_name}").fetchone() == (0,)
+        b.execute(f"insert into {table_name} values (1)")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute(f"insert into {table_name} values (2)")
+        a.rollback()
+        # BEGIN IMMEDIATE takes the writer up front: a read then a write never fails, and a
+        # concurrent writer waits for the transaction to end
+        a.autocommit = True
+        a.execute("begin immediate")
+        assert a.execute(f"select count(*) from {table_name}").fetchone() == (1,)
+        waiter = threading.Thread(target=b.execute, args=(f"insert into {table_name} values (3)",))
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive(), "a write went ahead of a BEGIN IMMEDIATE transaction"
+        a.execute(f"insert into {table_name} values (2)")
+        a.execute("commit")
+        waiter.join(10)
+        assert b.execute(f"select v from {table_name} order by v").fetchall() == [(1,), (2,), (3,)]
+
+
+@pytest.mark.slow
+def test_million_rows_stream_with_bounded_memory(sqld_server):
+    proc = psutil.Process(sqld_server.pid)
+    base = proc.memory_info().rss
+    peak = base
+    count = 0
+    query = ("with recursive s(n) as (select 1 union all select n + 1 from s where n < 1000000) "
+             "select n, 'row number ' || n, n * 1.5 from s")
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        with c.cursor() as cur:
+            for row in cur.stream(query):
+                count += 1
+                if count % 50000 == 0:
+                    peak = max(peak, proc.memory_info().rss)
+                    if count == 100000:
+                        time.sleep(1)  # a slow reader: the server must wait, not buffer
+                        peak = max(peak, proc.memory_info().rss)
+    assert count == 1_000_000
+    assert row == (1_000_000, "row number 1000000", 1_500_000.0)
+    growth = (peak - base) / 1e6
+    assert growth < 100, f"server RSS grew {growth:.0f} MB while streaming"
