@@ -22,7 +22,7 @@ _TOKEN = re.compile(
   | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*(?:'|\Z))
   | (?P<blob>[xX]'[^']*')
   | (?P<string>'(?:[^']|'')*(?:'|\Z))
-  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$(?:.|\n)*?\$(?P=tag)?\$)
+  | (?P<dollar>\$\$.*?\$\$|\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)\$.*?\$(?P=tag)\$)
   | (?P<param>\$\d+|\?\d*|[:@$][A-Za-z_][A-Za-z_0-9]*)
   | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<qident>"(?:[^"]|"")*(?:"|\Z)|\[[^\]]*(?:\]|\Z)|`[^`]*(?:`|\Z))
@@ -179,23 +179,40 @@ def _read_cast_type(sig: list[Token], i: int) -> tuple[int | None, str, int]:
     """The type named at sig[i] after '::': (oid or None, its name, index past it)."""
     if i >= len(sig) or sig[i].kind not in ("ident", "qident"):
         return None, "", i
-    name = sig[i].text.lower()
+    # a schema-qualified name: pg_catalog.text
+    if i + 2 < len(sig) and sig[i + 1].text == "." and sig[i + 2].kind in ("ident", "qident"):
+        i += 2
+    name = sig[i].text.lower().strip('"')
     j = i + 1
     if j < len(sig) and (sig[i].upper, sig[j].upper) in _MULTIWORD_TYPES:
         name += " " + sig[j].text.lower()
         j += 1
-    if name.startswith("pg_catalog."):
-        name = name[len("pg_catalog.") :]
     # a type modifier: varchar(20), numeric(10, 2)
     if j < len(sig) and sig[j].text == "(":
         k = j
         while k < len(sig) and sig[k].text != ")":
             k += 1
         j = k + 1
-    # array brackets: int[]
-    while j + 1 < len(sig) and sig[j].text == "[" and sig[j + 1].text == "]":
-        j += 2
+    # timestamp with(out) time zone
+    if j + 2 < len(sig) and sig[j].upper in ("WITH", "WITHOUT") and sig[j + 1].upper == "TIME" and sig[j + 2].upper == "ZONE":
+        j += 3
+    # array brackets: int[] (the tokenizer reads "[]" as an empty quoted identifier)
+    while j < len(sig) and (sig[j].text == "[]" or (j + 1 < len(sig) and sig[j].text == "[" and sig[j + 1].text == "]")):
+        j += 1 if sig[j].text == "[]" else 2
     return t.CAST_NAMES.get(name), name, j
+
+
+def _bool_literal(value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("t", "true", "yes", "on", "1", "y"):
+        return True
+    if low in ("f", "false", "no", "off", "0", "n"):
+        return False
+    from sqld.errors import InvalidParameterValue
+
+    err = InvalidParameterValue(f'invalid input syntax for type boolean: "{value[:40]}"')
+    err.sqlstate = "22P02"
+    raise err
 
 
 def _operand_start(out: list[str], out_kinds: list[str]) -> int:
@@ -230,10 +247,6 @@ def _rewrite(tokens: list[Token]) -> tuple[str, dict[int, int]]:
     cast_hints: dict[int, int] = {}
     sig_idx = [i for i, tok in enumerate(tokens) if tok.kind not in ("ws", "comment")]
     sig = [tokens[i] for i in sig_idx]
-    si = 0
-    # Work on significant tokens, keeping whitespace between them as single spaces where
-    # the original had any: rewriting never depends on layout.
-    prev_end_ws = False
     pos_of = {idx: n for n, idx in enumerate(sig_idx)}
     i = 0
     while i < len(tokens):
@@ -257,41 +270,42 @@ def _rewrite(tokens: list[Token]) -> tuple[str, dict[int, int]]:
             out.append(tok.text)
         kinds.append(kind)
         i += 1
-        # expr::type
-        if si + 1 < len(sig) and sig[si + 1].kind == "cast":
-            oid, name, after = _read_cast_type(sig, si + 2)
+        # expr::type, possibly chained: expr::text::int8
+        cast_at = si + 1
+        first_cast = True
+        while cast_at < len(sig) and sig[cast_at].kind == "cast":
+            oid, name, after = _read_cast_type(sig, cast_at + 1)
             if not name:
-                continue
+                break
             # operand: drop the whitespace tokens we emitted, find its start
             while kinds and kinds[-1] == "ws":
                 out.pop()
                 kinds.pop()
-            start = _operand_start(out, kinds)
+            start = _operand_start(out, kinds) if first_cast else len(out) - 1
             operand = "".join(out[start:])
             del out[start:]
             del kinds[start:]
             last = sig[si]
-            value = _string_value(last) if start == len(out) and last.kind in ("string", "estring", "dollar") else None
+            literal = first_cast and start == len(out) and last.kind in ("string", "estring", "dollar")
+            value = _string_value(last) if literal else None
             if oid == t.BYTEA and value is not None:
-                if value.startswith("\\x"):
-                    out.append("x'" + value[2:] + "'")
-                else:
-                    out.append("x'" + t.bytea_from_text(value).hex() + "'")
+                # bytea_from_text checks every digit: the literal's text never reaches SQL
+                out.append("x'" + t.bytea_from_text(value).hex() + "'")
             elif oid == t.BOOL and value is not None:
-                out.append("1" if value.strip().lower() in ("t", "true", "yes", "on", "1", "y") else "0")
+                out.append("1" if _bool_literal(value) else "0")
             elif oid in _CAST_AFFINITY:
                 out.append(f"CAST({operand} AS {_CAST_AFFINITY[oid]})")
             else:
                 out.append(operand)  # date, json, …: SQLite keeps them as text
             kinds.append("expr")
-            if last.kind == "param" and oid is not None and start == len(out) - 1:
+            if first_cast and last.kind == "param" and oid is not None and start == len(out) - 1:
                 n = _param_number(last.text)
                 if n is not None:
                     cast_hints[n] = oid
+            first_cast = False
             # skip the cast tokens in the original stream
-            target = sig_idx[after - 1] + 1 if after - 1 < len(sig_idx) else len(tokens)
-            i = target
-    del prev_end_ws
+            i = sig_idx[after - 1] + 1 if after - 1 < len(sig_idx) else len(tokens)
+            cast_at = after
     return "".join(out).strip(), cast_hints
 
 

@@ -69,15 +69,19 @@ class Connection(Protocol):
 
     def info(self, sql: str) -> StatementInfo: ...
 
-    def start(self, sql: str, params: Sequence[Any], first: int) -> tuple[tuple[Column, ...] | None, list[tuple], bool]:
+    def start(self, sql: str, params: Sequence[Any], first: int) -> tuple[tuple[Column, ...] | None, list[tuple], Any]:
         """Run ``sql``; return its columns (None if it returns no rows), up to ``first`` rows and
-        whether it is done. A statement that is not done keeps this connection's cursor."""
+        a handle to read the rest with (None when there is no more). Several may be open."""
         ...
 
-    def more(self, n: int) -> tuple[list[tuple], bool]: ...
+    def more(self, handle: Any, n: int) -> tuple[list[tuple], bool]:
+        """Up to ``n`` more rows of an open handle, and whether it is now done (and closed)."""
+        ...
 
-    def finish(self) -> None:
-        """Drop an open cursor (rows left unread are discarded)."""
+    has_open_cursors: bool
+
+    def finish(self, handle: Any = None) -> None:
+        """Close one open handle (rows left unread are discarded), or all of them."""
         ...
 
     def changes(self) -> int: ...

@@ -39,8 +39,7 @@ class LibsqlConnection:
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
         self.apsw = conn
         self.readonly = readonly
-        self._cursor: apsw.Cursor | None = None
-        self._iter = None
+        self._open: set[apsw.Cursor] = set()  # cursors of suspended portals
         self._budget: int | None = None
         self._deadline: float | None = None
         self._cancelled = None
@@ -81,7 +80,6 @@ class LibsqlConnection:
         return False
 
     def _raise(self, exc: apsw.Error):
-        self._drop_cursor()
         if isinstance(exc, apsw.InterruptError) and self._stop:
             stop, self._stop = self._stop, None
             if stop == "budget":
@@ -102,45 +100,55 @@ class LibsqlConnection:
         return StatementInfo(columns=cols, param_count=q.bindings_count, readonly=bool(q.is_readonly))
 
     def start(self, sql: str, params: Sequence[Any], first: int):
-        self._drop_cursor()
         cur = self.apsw.cursor()
         try:
             self._description = None
             cur.execute(sql, params)
             desc = self._description
             columns = tuple(Column(n, d) for n, d in desc) if desc else None
-            self._cursor = cur
-            self._iter = cur
-            rows, done = self._take(first)
+            rows = list(itertools.islice(cur, first))
         except apsw.Error as exc:
+            self._close_cursor(cur)
             self._raise(exc)
-        return columns, rows, done
+        if len(rows) < first:
+            self._close_cursor(cur)
+            return columns, rows, None
+        self._open.add(cur)
+        return columns, rows, cur
 
-    def _take(self, n: int) -> tuple[list[tuple], bool]:
-        rows = list(itertools.islice(self._iter, n))
+    def more(self, handle, n: int) -> tuple[list[tuple], bool]:
+        if handle not in self._open:
+            return [], True
+        try:
+            rows = list(itertools.islice(handle, n))
+        except apsw.Error as exc:
+            self.finish(handle)
+            self._raise(exc)
         if len(rows) < n:
-            self._drop_cursor()
+            self.finish(handle)
             return rows, True
         return rows, False
 
-    def more(self, n: int) -> tuple[list[tuple], bool]:
-        if self._iter is None:
-            return [], True
+    @property
+    def has_open_cursors(self) -> bool:
+        return bool(self._open)
+
+    def finish(self, handle=None) -> None:
+        """Close one open cursor, or all of them."""
+        if handle is None:
+            cursors, self._open = self._open, set()
+        else:
+            self._open.discard(handle)
+            cursors = (handle,)
+        for cur in cursors:
+            self._close_cursor(cur)
+
+    @staticmethod
+    def _close_cursor(cur) -> None:
         try:
-            return self._take(n)
-        except apsw.Error as exc:
-            self._raise(exc)
-
-    def finish(self) -> None:
-        self._drop_cursor()
-
-    def _drop_cursor(self) -> None:
-        cur, self._cursor, self._iter = self._cursor, None, None
-        if cur is not None:
-            try:
-                cur.close(force=True)
-            except apsw.Error:
-                pass
+            cur.close(force=True)
+        except apsw.Error:
+            pass
 
     def run(self, sql: str) -> None:
         """Run one statement to completion, ignoring rows (transaction control, pragmas)."""
@@ -172,7 +180,7 @@ class LibsqlConnection:
         self.apsw.create_scalar_function(name, call, nargs)
 
     def close(self) -> None:
-        self._drop_cursor()
+        self.finish()
         try:
             self.apsw.close(force=True)
         except apsw.Error:

@@ -106,6 +106,13 @@ class Decoder:
         self._compact()
         return cls.decode_untrusted(payload)
 
+    def has_message(self) -> bool:
+        """Whether a whole message is buffered (so reading more would not be needed)."""
+        if self.buffered < 5:
+            return False
+        _, length = _HDR.unpack_from(self._buf, self._pos)
+        return self.buffered >= 1 + length
+
     def wanted(self) -> int:
         """How many more bytes the message at the front needs (0 if unknown or whole)."""
         if self.buffered < 5:

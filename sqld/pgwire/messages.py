@@ -521,7 +521,7 @@ class Field:
     type_modifier: int = -1
 
 
-_FIELD = struct.Struct("!ihihih")
+_FIELD = struct.Struct("!ihIhih")
 
 
 @attrs.frozen
@@ -545,7 +545,7 @@ class RowDescription:
         for _ in range(r.count()):
             name = r.cstring()
             table_oid, column, type_oid, size, mod, fmt = _FIELD.unpack(r.take(_FIELD.size))
-            fields.append(Field(name, type_oid & 0xFFFFFFFF, size, fmt, table_oid, column, mod))
+            fields.append(Field(name, type_oid, size, fmt, table_oid, column, mod))
         r.end()
         return cls(tuple(fields))
 
@@ -719,7 +719,7 @@ class ErrorResponse:
             message=fields.get("message", ""),
             detail=fields.get("detail"),
             hint=fields.get("hint"),
-            position=int(pos) if pos and pos.isdigit() else None,
+            position=int(pos) if pos and pos.isascii() and pos.isdigit() else None,
         )
 
 

@@ -128,18 +128,20 @@ def _mismatch(value, oid: int) -> DataError:
     )
 
 
-def _text_int(v) -> bytes:
-    t = type(v)
-    if t is int:
-        return str(v).encode()
-    if t is float and v.is_integer():
-        return str(int(v)).encode()
-    if t is str:
-        try:
-            return str(int(v)).encode()
-        except ValueError:
-            pass
-    raise _mismatch(v, INT8)
+_INT_RANGES = {INT8: (-(2**63), 2**63 - 1), INT4: (-(2**31), 2**31 - 1), INT2: (-(2**15), 2**15 - 1),
+               OID: (0, 2**32 - 1)}
+
+
+def _text_int_for(oid: int):
+    lo, hi = _INT_RANGES[oid]
+
+    def encode(v) -> bytes:
+        n = _int_value(v, oid)
+        if not lo <= n <= hi:
+            raise _mismatch(v, oid)
+        return str(n).encode()
+
+    return encode
 
 
 def _text_float(v) -> bytes:
@@ -211,6 +213,16 @@ def _int_value(v, oid: int) -> int:
     raise _mismatch(v, oid)
 
 
+_I = struct.Struct("!I")
+
+
+def _bin_oid(v) -> bytes:
+    try:
+        return _I.pack(_int_value(v, OID))
+    except struct.error:
+        raise _mismatch(v, OID) from None
+
+
 def _bin_int8(v) -> bytes:
     try:
         return _Q.pack(_int_value(v, INT8))
@@ -240,7 +252,10 @@ def _bin_float8(v) -> bytes:
 
 def _bin_float4(v) -> bytes:
     if type(v) in (float, int):
-        return _F.pack(v)
+        try:
+            return _F.pack(v)
+        except (OverflowError, struct.error):
+            pass
     raise _mismatch(v, FLOAT4)
 
 
@@ -255,11 +270,11 @@ def _bin_bool(v) -> bytes:
 
 
 _TEXT_ENCODERS = {
-    INT8: _text_int, INT4: _text_int, INT2: _text_int, OID: _text_int,
+    INT8: _text_int_for(INT8), INT4: _text_int_for(INT4), INT2: _text_int_for(INT2), OID: _text_int_for(OID),
     FLOAT8: _text_float, FLOAT4: _text_float, BYTEA: _text_bytea, BOOL: _text_bool,
 }
 _BINARY_ENCODERS = {
-    INT8: _bin_int8, INT4: _bin_int4, INT2: _bin_int2, OID: _bin_int4,
+    INT8: _bin_int8, INT4: _bin_int4, INT2: _bin_int2, OID: _bin_oid,
     FLOAT8: _bin_float8, FLOAT4: _bin_float4, BYTEA: _bin_bytea, BOOL: _bin_bool,
 }
 
@@ -298,9 +313,15 @@ def decode_param(i: int, raw: bytes | None, oid: int, fmt: int):
             raise _bad_param(i, oid, raw, "not valid UTF-8") from None
         if oid in INTEGER_TYPES:
             try:
-                return int(text)
+                n = int(text)
             except ValueError:
                 raise _bad_param(i, oid, raw, f"{text[:40]!r} is not an integer") from None
+            lo, hi = _INT_RANGES[oid]
+            if not lo <= n <= hi:
+                err = _bad_param(i, oid, raw, f"value {text[:40]} is out of range")
+                err.sqlstate = "22003"
+                raise err
+            return n
         if oid in FLOAT_TYPES:
             try:
                 return float(text)
@@ -337,12 +358,41 @@ def decode_param(i: int, raw: bytes | None, oid: int, fmt: int):
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _bad_param(i, oid, raw, "not valid UTF-8") from None
+    if oid == NUMERIC:
+        return _numeric_from_binary(i, raw)
     if oid in (INT8, INT4, INT2, FLOAT8, FLOAT4, BOOL, OID):
         raise _bad_param(i, oid, raw, f"binary value has {n} bytes")
     raise FeatureNotSupported(
         f"binary format for parameter ${i + 1} of type {TYPE_NAMES.get(oid, oid)} is not supported",
         hint="Send this parameter in text format.",
     )
+
+
+def _numeric_from_binary(i: int, raw: bytes):
+    """PostgreSQL's binary numeric (ndigits, weight, sign, dscale, base-10000 digits) as an
+    int when it is whole and fits SQLite's INTEGER, else a float (SQLite has no decimal)."""
+    if len(raw) < 8:
+        raise _bad_param(i, NUMERIC, raw, f"binary value has {len(raw)} bytes")
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", raw)
+    if ndigits < 0 or len(raw) != 8 + 2 * ndigits:
+        raise _bad_param(i, NUMERIC, raw, "binary value has the wrong length")
+    if sign == 0xC000:
+        return math.nan
+    digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
+    value = 0
+    for d in digits:
+        value = value * 10000 + d
+    exp4 = weight - ndigits + 1  # power of 10000 of the last digit
+    if sign == 0x4000:
+        value = -value
+    if exp4 >= 0:
+        whole = value * 10000**exp4
+        if -(2**63) <= whole < 2**63:
+            return whole
+        return float(whole)
+    from decimal import Decimal
+
+    return float(Decimal(value).scaleb(4 * exp4))
 
 
 def bytea_from_text(text: str, i: int = 0) -> bytes:
@@ -364,8 +414,8 @@ def bytea_from_text(text: str, i: int = 0) -> bytes:
         elif text[j + 1 : j + 2] == "\\":
             out.append(0x5C)
             j += 2
-        elif len(text) >= j + 4 and all(c in "01234567" for c in text[j + 1 : j + 4]):
-            out.append(int(text[j + 1 : j + 4], 8) & 0xFF)
+        elif len(text) >= j + 4 and text[j + 1] in "0123" and all(c in "01234567" for c in text[j + 2 : j + 4]):
+            out.append(int(text[j + 1 : j + 4], 8))
             j += 4
         else:
             raise _bad_param(i, BYTEA, b"", "invalid escape sequence")

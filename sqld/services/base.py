@@ -86,6 +86,12 @@ class Sync:
 
 
 @attrs.frozen
+class Abort:
+    """An error outside the service (a bad Bind, a failed Parse) aborts the transaction, as
+    any error inside one does in PostgreSQL."""
+
+
+@attrs.frozen
 class Terminate:
     """The client is gone: roll back, release everything."""
 

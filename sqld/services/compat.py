@@ -139,9 +139,11 @@ class CompatService:
 
     def _show_name(self, stmt: Statement) -> str:
         rest = stmt.sql.split(None, 1)[1] if len(stmt.sql.split(None, 1)) > 1 else ""
-        name = rest.strip().rstrip(";").strip().lower()
-        if name in ("time zone",):
+        name = " ".join(rest.strip().rstrip(";").strip().lower().split())
+        if name == "time zone":
             return "TimeZone"
+        if name == "transaction isolation level":
+            return "transaction_isolation"
         return name.strip('"')
 
     def execute(self, stmt: Statement):
@@ -154,7 +156,7 @@ class CompatService:
                 rows = [(reported_name(k), v, "") for k, v in sorted(self.state.settings.items())]
                 cols = (Column("name", oid=t.TEXT), Column("setting", oid=t.TEXT), Column("description", oid=t.TEXT))
                 return StaticCursor(cols, rows, "SHOW")
-            key = "timezone" if name == "timezone" else name
+            key = name.lower()
             if key not in self.state.settings:
                 raise SqldError(f'unrecognized configuration parameter "{name}"', sqlstate="42704")
             return StaticCursor((Column(name, oid=t.TEXT),), [(self.state.settings[key],)], "SHOW")

@@ -20,7 +20,7 @@ from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConn
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
-from sqld.services.base import Describe, Execute, Peek, SessionState, Sync, Terminate
+from sqld.services.base import Abort, Describe, Execute, Peek, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 
@@ -44,6 +44,8 @@ class PreparedStatement:
     param_types: tuple[int, ...]
     columns: tuple[Column, ...] | None = None  # from Describe at Parse; None: no rows
     row_oids: tuple[int, ...] | None = None    # fixed once the client saw a RowDescription
+    encoders: dict = attrs.Factory(dict)       # result formats → encoders (with row_oids)
+    descriptions: dict = attrs.Factory(dict)   # result formats → encoded RowDescription
 
 
 @attrs.define(eq=False)
@@ -153,8 +155,14 @@ class PgConnection:
     def write_notice(self, message: str) -> None:
         self.write(m.NoticeResponse(severity="WARNING", sqlstate="25001", message=message).encode())
 
+    async def sync_point(self) -> None:
+        """After ReadyForQuery or Flush: write out, unless the client already sent more
+        (a pipeline), whose answers then go out together. Like PostgreSQL, nothing is
+        flushed between a Sync and the next one."""
+        if not self.decoder.has_message():
+            await self.flush()
+
     async def receive(self) -> None:
-        await self.flush()
         try:
             data = await self.stream.receive(65536)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
@@ -246,6 +254,7 @@ class PgConnection:
                 self.write(m.ParameterStatus(reported_name(name), value).encode())
         self.write(m.BackendKeyData(state.process_id, state.secret_key).encode())
         self.write(_RFQ[b"I"])
+        await self.flush()
         return True
 
     # -- the message loop -------------------------------------------------------------------
@@ -261,6 +270,8 @@ class PgConnection:
             if self.skip_to_sync and mt is not m.Sync:
                 if mt is m.Terminate:
                     return
+                if mt is m.Flush:
+                    await self.sync_point()
                 continue  # after an extended-query error, discard until Sync (protocol 55.2.3)
             try:
                 if mt is m.Bind:
@@ -278,7 +289,7 @@ class PgConnection:
                 elif mt is m.Close:
                     await self.on_close(msg)
                 elif mt is m.Flush:
-                    await self.flush()
+                    await self.sync_point()
                 elif mt is m.Terminate:
                     return
                 elif mt in (m.CopyData, m.CopyDone, m.CopyFail):
@@ -291,6 +302,10 @@ class PgConnection:
                 self.write_error(err)
                 if mt is not m.Query:
                     self.skip_to_sync = True
+                    await self.service(Abort())
+                    # The error goes out now, as PostgreSQL sends it: a client that sent
+                    # Flush rather than Sync (asyncpg) is waiting for it.
+                    await self.sync_point()
 
     async def on_sync(self) -> None:
         self.skip_to_sync = False
@@ -299,6 +314,7 @@ class PgConnection:
             await self._close_portals()
         self._after_statement()
         self.write(_RFQ[status])
+        await self.sync_point()
 
     def _after_statement(self) -> None:
         state = self.state
@@ -400,7 +416,15 @@ class PgConnection:
             self.write(_NO_DATA)
             return
         await self._ensure_types(portal)
-        cols = portal.cursor.columns if portal.cursor is not None else portal.prepared.columns
+        ps = portal.prepared
+        if ps.row_oids is not None and portal.oids is ps.row_oids:
+            desc = ps.descriptions.get(portal.result_formats)
+            if desc is None:
+                desc = ps.descriptions[portal.result_formats] = self._row_description(
+                    ps.columns, ps.row_oids, portal.result_formats)
+            self.write(desc)
+            return
+        cols = portal.cursor.columns if portal.cursor is not None else ps.columns
         if cols is None:
             self.write(_NO_DATA)
         else:
@@ -421,8 +445,18 @@ class PgConnection:
         if portal.oids is not None:
             return
         ps = portal.prepared
+        if ps.row_oids is None and ps.columns:
+            oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in ps.columns]
+            if None not in oids_l:
+                ps.row_oids = tuple(oids_l)  # declared types: the same for every execution
         if ps.row_oids is not None:
             oids = ps.row_oids
+            cached = ps.encoders.get(portal.result_formats)
+            if cached is None:
+                cached = ps.encoders[portal.result_formats] = self._encoders(oids, portal.result_formats)
+            portal.oids = oids
+            portal.encoders = cached
+            return
         else:
             cols = ps.columns
             oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols] if cols else []
@@ -563,6 +597,7 @@ class PgConnection:
             await self._close_portals()
         self._after_statement()
         self.write(_RFQ[status])
+        await self.sync_point()
 
     async def _simple(self, stmt: Statement) -> None:
         ps = PreparedStatement(stmt, ())

@@ -29,6 +29,7 @@ import attrs
 from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Interrupted, StatementInfo
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
+    Abort,
     Describe,
     DescribeResult,
     Execute,
@@ -138,14 +139,16 @@ class ResultCursor:
     Holds that connection (via ``release``) until the rows are read or the cursor closed.
     """
 
-    __slots__ = ("_service", "_conn", "columns", "rows", "done", "_verb", "_count", "_changes", "_release")
+    __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
+                 "_release")
 
-    def __init__(self, service: SchedulerService, conn: Connection, columns, rows, done, verb, release) -> None:
+    def __init__(self, service: SchedulerService, conn: Connection, columns, rows, handle, verb, release) -> None:
         self._service = service
         self._conn = conn
+        self._handle = handle
         self.columns = columns
         self.rows = rows
-        self.done = done
+        self.done = done = handle is None
         self._verb = verb
         self._count = len(rows)
         self._changes = 0
@@ -163,8 +166,11 @@ class ResultCursor:
     async def fetch(self, n: int) -> None:
         if self.done:
             return
+        if self._service.failed:
+            # PostgreSQL: a portal of an aborted transaction cannot be read on
+            raise InFailedTransaction()
         try:
-            rows, done = await self._service._in_thread(self._conn, self._conn.more, n)
+            rows, done = await self._service._in_thread(self._conn, self._conn.more, self._handle, n)
         except BaseException:
             self.done = True
             self._finish()
@@ -186,7 +192,7 @@ class ResultCursor:
     async def close(self) -> None:
         if not self.done:
             self.done = True
-            self._conn.finish()
+            self._conn.finish(self._handle)
             self._finish()
 
 
@@ -202,6 +208,7 @@ class SchedulerService:
         self.tx_conn: Connection | None = None   # the connection the transaction runs on
         self.schema_dirty = False  # the open transaction changed the schema
         self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
+        self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
 
     @property
     def status(self) -> bytes:
@@ -218,6 +225,10 @@ class SchedulerService:
             return await self.peek(request.statement)
         if type(request) is Sync:
             return self.status
+        if type(request) is Abort:
+            if self.in_tx:
+                self._fail()
+            return None
         if type(request) is Terminate:
             await self.terminate()
             return None
@@ -378,11 +389,11 @@ class SchedulerService:
         try:
             conn.guard(budget=self.s.inline_budget or 20, deadline=None, cancelled=None, context=self.state)
             try:
-                _, rows, _ = conn.start(stmt.sql, _peek_params(stmt, info.param_count), 1)
+                _, rows, handle = conn.start(stmt.sql, _peek_params(stmt, info.param_count), 1)
             except (BudgetExceeded, Interrupted, SqldError):
                 return None
-            finally:
-                conn.finish()
+            if handle is not None:
+                conn.finish(handle)
         finally:
             if reader is not None:
                 self.s.release_reader(reader)
@@ -402,23 +413,23 @@ class SchedulerService:
             conn = await self.s.acquire_reader()
             release = _releaser(self.s.release_reader, conn)
             try:
-                columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, True)
+                columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, True)
             except BaseException:
                 release()
                 raise
-            return ResultCursor(self, conn, columns, rows, done, verb, release)
+            return ResultCursor(self, conn, columns, rows, handle, verb, release)
         # an autocommit write: hold the writer for this statement only
         await self._lock_writer()
         conn = self.s.backend.writer()
         release = _releaser(self._after_autocommit_write, conn)
         try:
-            columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, False)
+            columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except BaseException:
             release()
             raise
         if verb.startswith(DDL_VERBS):
             self.s.schema_changed()
-        return ResultCursor(self, conn, columns, rows, done, verb, release)
+        return ResultCursor(self, conn, columns, rows, handle, verb, release)
 
     def _after_autocommit_write(self, conn: Connection) -> None:
         conn.finish()
@@ -441,7 +452,7 @@ class SchedulerService:
                 raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
             else:
                 conn = await self._tx_writer()
-            columns, rows, done = await self._start(conn, stmt.sql, req.params, req.first, info.readonly)
+            columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, info.readonly)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 self._fail()
@@ -449,7 +460,7 @@ class SchedulerService:
         if stmt.verb.startswith(DDL_VERBS):
             self.schema_dirty = True
             self.s.schema_changed()
-        return ResultCursor(self, conn, columns, rows, done, stmt.verb, _releaser(_finish_only, conn))
+        return ResultCursor(self, conn, columns, rows, handle, stmt.verb, _releaser(_nothing, conn))
 
     def _fail(self) -> None:
         self.failed = True
@@ -490,7 +501,12 @@ class SchedulerService:
                     hint="Retry the transaction, or start it with a write.",
                 )
             self.tx_conn = None
-            self.s.release_reader(conn)  # its read transaction ends when it is reused (finish → begin)
+            if conn.has_open_cursors:
+                # Suspended portals read on in the snapshot they started in (as a PostgreSQL
+                # cursor does); the reader is released when the transaction ends.
+                self.kept_readers.append(conn)
+            else:
+                self.s.release_reader(conn)
         writer = self.s.backend.writer()
         try:
             writer.run("begin immediate")
@@ -509,6 +525,9 @@ class SchedulerService:
 
     async def _end_tx(self, sql: str) -> None:
         conn, self.tx_conn = self.tx_conn, None
+        kept, self.kept_readers = self.kept_readers, []
+        for reader in kept:
+            self.s.release_reader(reader)
         self.in_tx = self.failed = self.read_only_tx = False
         if self.schema_dirty:
             self.schema_dirty = False
@@ -589,7 +608,6 @@ class SchedulerService:
         conn = self.tx_conn
         if conn is None or not conn.in_transaction():
             raise SqldError("savepoint does not exist", sqlstate="3B001")
-        conn.finish()
         await self._in_thread(conn, conn.run, stmt.sql)
         self.failed = False
         return StaticCursor(None, [], "ROLLBACK")
@@ -598,7 +616,6 @@ class SchedulerService:
         # Savepoints live on the writer: they could not follow a move from a reader.
         conn = await (self._tx_connection() if self.read_only_tx else self._tx_writer())
         try:
-            conn.finish()
             await self._in_thread(conn, conn.run, stmt.sql)
         except Exception:
             self._fail()
@@ -641,6 +658,6 @@ def _peek_params(stmt: Statement, count: int) -> tuple:
     return tuple(params)
 
 
-def _finish_only(conn: Connection) -> None:
-    conn.finish()
+def _nothing(conn: Connection) -> None:
+    """Release for a cursor inside a transaction: the connection stays with the transaction."""
 
