@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
 import anyio
 import anyio.abc
+
+from sqld.transport import StreamProtocol
 
 log = logging.getLogger(__name__)
 
@@ -14,39 +17,46 @@ log = logging.getLogger(__name__)
 class Server:
     """Accepts sockets on ``host:port`` and runs ``factory(stream)`` for each, in one task group.
 
-    ``serve`` reports the bound port through ``task_status`` (so port 0 works) and runs until
-    cancelled; cancelling it cancels every connection task, which then rolls back and closes.
+    ``listen`` binds (so a taken port is an error before anything else starts, and port 0
+    works); ``serve`` runs until cancelled, and cancelling it cancels every connection task,
+    which then rolls back and closes. Sockets are bound by anyio and served through
+    ``sqld.transport`` (see there why).
     """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self.bound: list[tuple[str, int]] = []
-        self._listener = None
+        self._sockets: list[socket.socket] = []
 
     async def listen(self) -> list[tuple[str, int]]:
         """Bind the listening sockets (raises OSError, e.g. when the port is taken)."""
-        self._listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        self.bound = [
-            tuple(sub.extra(anyio.abc.SocketAttribute.local_address)[:2]) for sub in self._listener.listeners
-        ]
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        self._sockets = [sub.extra(anyio.abc.SocketAttribute.raw_socket) for sub in listener.listeners]
+        self.bound = [tuple(sock.getsockname()[:2]) for sock in self._sockets]
         return self.bound
 
     async def serve(self, factory) -> None:
         """Serve until cancelled (``listen`` first)."""
-        listener = self._listener
-        assert listener is not None, "listen() first"
+        assert self._sockets, "listen() first"
 
-        async def handle(stream: anyio.abc.SocketStream) -> None:
-            try:
-                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, anyio.TypedAttributeLookupError):
-                pass
+        async def handle(stream) -> None:
             try:
                 await factory(stream)
             except Exception:
                 log.exception("connection handler failed")
 
-        async with listener:
-            await listener.serve(handle)
+        loop = asyncio.get_running_loop()
+        servers = []
+        async with anyio.create_task_group() as tg:
+
+            def on_connect(stream) -> None:
+                tg.start_soon(handle, stream)
+
+            try:
+                for sock in self._sockets:
+                    servers.append(await loop.create_server(lambda: StreamProtocol(on_connect), sock=sock))
+                await anyio.sleep_forever()
+            finally:
+                for server in servers:
+                    server.close()
