@@ -114,6 +114,7 @@ async def serve(config: Config) -> None:
         log.info("sqld %s listening on %s, serving %s (backend %s, synchronous=%s)",
                  __version__, where, backend.path, config.backend, config.synchronous)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(scheduler.run)
             tg.start_soon(server.serve, factory)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

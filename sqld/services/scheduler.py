@@ -8,7 +8,9 @@ SQLite in WAL mode allows one writer and many readers. So:
   the statement's start, or the transaction's first statement, to its end; ``BEGIN READ
   ONLY`` transactions hold a reader instead;
 * SQLITE_BUSY cannot happen between sessions of one process: they never contend inside
-  SQLite, they queue on the lock.
+  SQLite, they queue on the lock;
+* autocommit INSERT/UPDATE/DELETE from many sessions commit together, one fsync per group
+  (``groupcommit``).
 
 SQLite work blocks, so it runs on worker threads, except the first batch of a read-only
 statement, which runs inline on the event loop under a step budget: a point read costs
@@ -40,6 +42,7 @@ from sqld.services.base import (
     Terminate,
 )
 from sqld.pgwire.types import INT8
+from sqld.services.groupcommit import CommitGroup, Write, groupable
 from sqld.sqltext import Statement
 
 log = logging.getLogger(__name__)
@@ -70,11 +73,21 @@ class Scheduler:
     commit_seq: int = 0  # write commits so far: tells a read snapshot it went stale
     _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
     _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
+    group: CommitGroup = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._reader_slots = anyio.Semaphore(self.max_readers)
         self.limiter = anyio.CapacityLimiter(self.max_readers + 1)
         self._install(self.backend.writer())
+        self.group = CommitGroup(self.backend.writer(), self.writer_lock, self.limiter, self._committed)
+
+    def _committed(self) -> None:
+        self.commit_seq += 1
+
+    async def run(self) -> None:
+        """The background work of the scheduler (the group-commit loop); run it in the
+        server's task group. Without it, every autocommit write commits alone."""
+        await self.group.run()
 
     def _install(self, conn: Connection) -> None:
         for name, nargs, fn in self.functions:
@@ -142,7 +155,8 @@ class ResultCursor:
     __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
                  "_release")
 
-    def __init__(self, service: SchedulerService, conn: Connection, columns, rows, handle, verb, release) -> None:
+    def __init__(self, service: SchedulerService, conn: Connection | None, columns, rows, handle, verb, release,
+                 changes: int | None = None) -> None:
         self._service = service
         self._conn = conn
         self._handle = handle
@@ -151,13 +165,13 @@ class ResultCursor:
         self.done = done = handle is None
         self._verb = verb
         self._count = len(rows)
-        self._changes = 0
+        self._changes = changes
         self._release = release
         if done:
             self._finish()
 
     def _finish(self) -> None:
-        if self._verb in _DML_TAGS:
+        if self._verb in _DML_TAGS and self._changes is None:
             self._changes = self._conn.changes()
         release, self._release = self._release, None
         if release is not None:
@@ -418,7 +432,16 @@ class SchedulerService:
                 release()
                 raise
             return ResultCursor(self, conn, columns, rows, handle, verb, release)
-        # an autocommit write: hold the writer for this statement only
+        if groupable(stmt) and self.s.group.running:
+            write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
+            self.state.cancel_requested = False
+            self.state.executing = True
+            try:
+                await self.s.group.submit(write, self.state.statement_timeout)
+            finally:
+                self.state.executing = False
+            return ResultCursor(self, None, write.columns, write.rows, None, verb, None, write.changes)
+        # an autocommit write that runs alone: hold the writer for this statement only
         await self._lock_writer()
         conn = self.s.backend.writer()
         release = _releaser(self._after_autocommit_write, conn)
