@@ -11,7 +11,7 @@ from tests.services.conftest import run, session
 pytestmark = pytest.mark.anyio
 
 LONG_INSERT = ("insert into t(v) select n from (with recursive s(n) as (select 1 union all select n + 1 "
-               "from s where n < 200000) select n from s)")
+               "from s where n < 50000000) select n from s)")
 
 
 async def with_group(scheduler, body):
