@@ -97,6 +97,10 @@ class Decoder:
         end = pos + 1 + length
         if len(buf) < end:
             return NEED_DATA
+        if length == 4 and type_byte == b"S" and self._table is m.FRONTEND:
+            self._pos = end  # Sync: one per query, no payload to copy
+            self._compact()
+            return m.SYNC
         cls = self._table.get(type_byte)
         if cls is None:
             self._pos = end

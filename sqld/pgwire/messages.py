@@ -243,24 +243,46 @@ class Bind:
 
     @classmethod
     def decode_untrusted(cls, payload: bytes) -> Bind:
-        r = _Reader(payload, "Bind")
-        portal = r.cstring()
-        statement = r.cstring()
-        param_formats = tuple(r.int16() for _ in range(r.count()))
-        params: list[bytes | None] = []
-        for _ in range(r.count()):
-            n = r.int32()
-            if n == -1:
-                params.append(None)
-            elif n < -1:
-                raise r._fail(f"negative parameter length {n}")
-            else:
-                params.append(r.take(n))
-        result_formats = tuple(r.int16() for _ in range(r.count()))
-        r.end()
-        for f in param_formats + result_formats:
-            if f not in (0, 1):
-                raise r._fail(f"unknown format code {f}")
+        # The hot path of every prepared query: offsets and struct calls, no _Reader.
+        try:
+            end = payload.index(0)
+            portal = payload[:end].decode("utf-8")
+            pos = end + 1
+            end = payload.index(0, pos)
+            statement = payload[pos:end].decode("utf-8")
+            pos = end + 1
+            (n,) = _I16.unpack_from(payload, pos)
+            param_formats = struct.unpack_from(f"!{n}h", payload, pos + 2)
+            pos += 2 + 2 * n
+            (n,) = _I16.unpack_from(payload, pos)
+            pos += 2
+            if n < 0:
+                raise ValueError(f"negative parameter count {n}")
+            params: list[bytes | None] = []
+            size = len(payload)
+            for _ in range(n):
+                (length,) = _I32.unpack_from(payload, pos)
+                pos += 4
+                if length == -1:
+                    params.append(None)
+                elif length < -1 or pos + length > size:
+                    raise ValueError(f"parameter length {length} runs past the message")
+                else:
+                    params.append(payload[pos : pos + length])
+                    pos += length
+            (n,) = _I16.unpack_from(payload, pos)
+            result_formats = struct.unpack_from(f"!{n}h", payload, pos + 2)
+            pos += 2 + 2 * n
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise ProtocolViolation(f"invalid Bind message: {exc}") from None
+        if pos != size:
+            raise ProtocolViolation(f"invalid Bind message: {size - pos} unexpected trailing bytes")
+        for f in param_formats:
+            if f != 0 and f != 1:
+                raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
+        for f in result_formats:
+            if f != 0 and f != 1:
+                raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
         return cls(portal, statement, param_formats, tuple(params), result_formats)
 
 
@@ -295,10 +317,14 @@ class Execute:
 
     @classmethod
     def decode_untrusted(cls, payload: bytes) -> Execute:
-        r = _Reader(payload, "Execute")
-        portal = r.cstring()
-        max_rows = r.int32()
-        r.end()
+        end = payload.find(0)
+        if end < 0 or len(payload) != end + 5:
+            raise ProtocolViolation("invalid Execute message: malformed")
+        try:
+            portal = payload[:end].decode("utf-8") if end else ""
+        except UnicodeDecodeError:
+            raise ProtocolViolation("invalid Execute message: string is not valid UTF-8") from None
+        (max_rows,) = _I32.unpack_from(payload, end + 1)
         return cls(portal, max(max_rows, 0))
 
 
