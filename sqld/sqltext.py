@@ -621,12 +621,25 @@ def _make_statement(tokens: list[Token]) -> Statement:
     )
 
 
-@lru_cache(maxsize=2048)
+CACHED_TEXT = 8192  # longer texts (bulk inserts with literal values) are not kept in the cache
+
+
 def parse(sql: str) -> tuple[Statement, ...]:
     """The statements of one query string, in order; empty statements dropped.
 
     A CREATE TRIGGER body keeps its inner semicolons (its BEGIN … END is tracked).
     """
+    if len(sql) <= CACHED_TEXT:
+        return _parse_cached(sql)
+    return _parse(sql)
+
+
+@lru_cache(maxsize=2048)
+def _parse_cached(sql: str) -> tuple[Statement, ...]:
+    return _parse(sql)
+
+
+def _parse(sql: str) -> tuple[Statement, ...]:
     tokens = tokenize(sql)
     statements: list[Statement] = []
     current: list[Token] = []

@@ -296,9 +296,19 @@ class PgConnection:
                     pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
                 else:
                     raise ProtocolViolation(f"unexpected message {mt.__name__} in this state")
-            except SqldError as err:
-                if err.severity == "FATAL":
-                    raise
+            except (SqldError, Exception) as exc:
+                if isinstance(exc, SqldError):
+                    err = exc
+                    if err.severity == "FATAL":
+                        raise
+                else:
+                    # A bug: say so (XX000), keep the session; the log has the traceback.
+                    log.exception("internal error handling %s", mt.__name__)
+                    err = SqldError(f"internal error: {type(exc).__name__}: {exc}", sqlstate="XX000")
+                    if mt is m.Query:
+                        self.write_error(err)
+                        await self._ready()
+                        continue
                 self.write_error(err)
                 if mt is not m.Query:
                     self.skip_to_sync = True
@@ -309,12 +319,7 @@ class PgConnection:
 
     async def on_sync(self) -> None:
         self.skip_to_sync = False
-        status = await self.service(Sync())
-        if status == b"I" and self.portals:
-            await self._close_portals()
-        self._after_statement()
-        self.write(_RFQ[status])
-        await self.sync_point()
+        await self._ready()
 
     def _after_statement(self) -> None:
         state = self.state
@@ -592,6 +597,10 @@ class PgConnection:
                 await self._simple(stmt)
         except SqldError as err:
             self.write_error(err)
+        await self._ready()
+
+    async def _ready(self) -> None:
+        """End a simple query: close portals of a finished transaction, ReadyForQuery."""
         status = await self.service(Sync())
         if status == b"I" and self.portals:
             await self._close_portals()

@@ -131,6 +131,8 @@ class Scheduler:
         return self._info_cache.get(sql)
 
     def remember_info(self, sql: str, info: StatementInfo) -> None:
+        if len(sql) > 8192:
+            return  # bulk statements with inline values: not worth the memory
         if len(self._info_cache) > 4096:
             self._info_cache.clear()
         self._info_cache[sql] = info
