@@ -78,6 +78,13 @@ class InFailedTransaction(SqldError):
 class QueryCanceled(SqldError):
     sqlstate = "57014"
 
+    @classmethod
+    def because(cls, reason: str) -> QueryCanceled:
+        """The error for a statement stopped by a statement timeout or a cancel request."""
+        if reason == "timeout":
+            return cls("canceling statement due to statement timeout")
+        return cls("canceling statement due to user request")
+
 
 class SerializationFailure(SqldError):
     """SQLite said BUSY or LOCKED, or a transaction conflicted: retry the transaction."""

@@ -122,6 +122,32 @@ def _cstr(s: str) -> bytes:
 
 
 @attrs.frozen
+class _Empty:
+    """Base for messages with no payload."""
+
+    type: ClassVar[bytes] = b"?"
+
+    def encode(self) -> bytes:
+        return self.type + b"\x00\x00\x00\x04"
+
+    @classmethod
+    def decode_untrusted(cls, payload: bytes):
+        _Reader(payload, cls.__name__).end()
+        return _ONE.get(cls) or cls()
+
+
+def _kind_and_name(payload: bytes, what: str) -> tuple[bytes, str]:
+    """The payload of Describe and Close: 'S' or 'P', then a name."""
+    r = _Reader(payload, what)
+    kind = r.byte()
+    if kind not in (b"S", b"P"):
+        raise r._fail(f"kind must be 'S' or 'P', not {kind!r}")
+    name = r.cstring()
+    r.end()
+    return kind, name
+
+
+@attrs.frozen
 class StartupMessage:
     # int32 length, int32 protocol version, then (name\0 value\0)* \0
     params: dict[str, str]
@@ -297,13 +323,7 @@ class Describe:
 
     @classmethod
     def decode_untrusted(cls, payload: bytes) -> Describe:
-        r = _Reader(payload, "Describe")
-        kind = r.byte()
-        if kind not in (b"S", b"P"):
-            raise r._fail(f"kind must be 'S' or 'P', not {kind!r}")
-        name = r.cstring()
-        r.end()
-        return cls(kind, name)
+        return cls(*_kind_and_name(payload, "Describe"))
 
 
 @attrs.frozen
@@ -339,52 +359,22 @@ class Close:
 
     @classmethod
     def decode_untrusted(cls, payload: bytes) -> Close:
-        r = _Reader(payload, "Close")
-        kind = r.byte()
-        if kind not in (b"S", b"P"):
-            raise r._fail(f"kind must be 'S' or 'P', not {kind!r}")
-        name = r.cstring()
-        r.end()
-        return cls(kind, name)
+        return cls(*_kind_and_name(payload, "Close"))
 
 
 @attrs.frozen
-class Sync:
+class Sync(_Empty):
     type: ClassVar[bytes] = b"S"
 
-    def encode(self) -> bytes:
-        return b"S\x00\x00\x00\x04"
-
-    @classmethod
-    def decode_untrusted(cls, payload: bytes) -> Sync:
-        _Reader(payload, "Sync").end()
-        return SYNC
-
 
 @attrs.frozen
-class Flush:
+class Flush(_Empty):
     type: ClassVar[bytes] = b"H"
 
-    def encode(self) -> bytes:
-        return b"H\x00\x00\x00\x04"
-
-    @classmethod
-    def decode_untrusted(cls, payload: bytes) -> Flush:
-        _Reader(payload, "Flush").end()
-        return FLUSH
-
 
 @attrs.frozen
-class Terminate:
+class Terminate(_Empty):
     type: ClassVar[bytes] = b"X"
-
-    def encode(self) -> bytes:
-        return b"X\x00\x00\x00\x04"
-
-    @classmethod
-    def decode_untrusted(cls, payload: bytes) -> Terminate:
-        _Reader(payload, "Terminate").end()
-        return TERMINATE
 
 
 @attrs.frozen(repr=False)
@@ -446,6 +436,7 @@ class FunctionCall:
 SYNC = Sync()
 FLUSH = Flush()
 TERMINATE = Terminate()
+_ONE = {Sync: SYNC, Flush: FLUSH, Terminate: TERMINATE}  # decoded without allocating
 
 FRONTEND = {
     cls.type: cls
@@ -628,21 +619,6 @@ class CommandComplete:
         tag = r.cstring()
         r.end()
         return cls(tag)
-
-
-@attrs.frozen
-class _Empty:
-    """Base for messages with no payload."""
-
-    type: ClassVar[bytes] = b"?"
-
-    def encode(self) -> bytes:
-        return self.type + b"\x00\x00\x00\x04"
-
-    @classmethod
-    def decode_untrusted(cls, payload: bytes):
-        _Reader(payload, cls.__name__).end()
-        return cls()
 
 
 @attrs.frozen

@@ -213,35 +213,20 @@ def _int_value(v, oid: int) -> int:
     raise _mismatch(v, oid)
 
 
-_I = struct.Struct("!I")
+def _bin_int_for(oid: int, layout: struct.Struct):
+    def encode(v) -> bytes:
+        try:
+            return layout.pack(_int_value(v, oid))
+        except struct.error:
+            raise _mismatch(v, oid) from None
+
+    return encode
 
 
-def _bin_oid(v) -> bytes:
-    try:
-        return _I.pack(_int_value(v, OID))
-    except struct.error:
-        raise _mismatch(v, OID) from None
-
-
-def _bin_int8(v) -> bytes:
-    try:
-        return _Q.pack(_int_value(v, INT8))
-    except struct.error:
-        raise _mismatch(v, INT8) from None
-
-
-def _bin_int4(v) -> bytes:
-    try:
-        return _L.pack(_int_value(v, INT4))
-    except struct.error:
-        raise _mismatch(v, INT4) from None
-
-
-def _bin_int2(v) -> bytes:
-    try:
-        return _H.pack(_int_value(v, INT2))
-    except struct.error:
-        raise _mismatch(v, INT2) from None
+_bin_int8 = _bin_int_for(INT8, _Q)
+_bin_int4 = _bin_int_for(INT4, _L)
+_bin_int2 = _bin_int_for(INT2, _H)
+_bin_oid = _bin_int_for(OID, struct.Struct("!I"))
 
 
 def _bin_float8(v) -> bytes:

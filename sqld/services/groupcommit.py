@@ -154,7 +154,7 @@ class CommitGroup:
                 ran.append(w)
             except (SqldError, Interrupted) as exc:
                 conn.guard(budget=None, deadline=None, cancelled=None, context=None)
-                w.error = _interrupted(exc) if isinstance(exc, Interrupted) else exc
+                w.error = QueryCanceled.because(exc.reason) if isinstance(exc, Interrupted) else exc
                 if conn.in_transaction():
                     conn.run("rollback to sqld_group")
                     conn.run("release sqld_group")
@@ -176,12 +176,6 @@ class CommitGroup:
                 while self._attempt(conn, [w]):
                     pass
         return []
-
-
-def _interrupted(exc: Interrupted) -> SqldError:
-    if exc.reason == "timeout":
-        return QueryCanceled("canceling statement due to statement timeout")
-    return QueryCanceled("canceling statement due to user request")
 
 
 def deadline_after(timeout: float | None) -> float | None:

@@ -261,6 +261,10 @@ class PgConnection:
 
     async def serve(self) -> None:
         decoder = self.decoder
+        handlers = {
+            m.Bind: self.on_bind, m.Execute: self.on_execute, m.Sync: self.on_sync, m.Parse: self.on_parse,
+            m.Describe: self.on_describe, m.Query: self.on_query, m.Close: self.on_close, m.Flush: self.on_flush,
+        }
         while True:
             msg = decoder.next_message()
             if msg is NEED_DATA:
@@ -274,22 +278,9 @@ class PgConnection:
                     await self.sync_point()
                 continue  # after an extended-query error, discard until Sync (protocol 55.2.3)
             try:
-                if mt is m.Bind:
-                    await self.on_bind(msg)
-                elif mt is m.Execute:
-                    await self.on_execute(msg)
-                elif mt is m.Sync:
-                    await self.on_sync()
-                elif mt is m.Parse:
-                    await self.on_parse(msg)
-                elif mt is m.Describe:
-                    await self.on_describe(msg)
-                elif mt is m.Query:
-                    await self.on_query(msg)
-                elif mt is m.Close:
-                    await self.on_close(msg)
-                elif mt is m.Flush:
-                    await self.sync_point()
+                handler = handlers.get(mt)
+                if handler is not None:
+                    await handler(msg)
                 elif mt is m.Terminate:
                     return
                 elif mt in (m.CopyData, m.CopyDone, m.CopyFail):
@@ -317,7 +308,10 @@ class PgConnection:
                     # Flush rather than Sync (asyncpg) is waiting for it.
                     await self.sync_point()
 
-    async def on_sync(self) -> None:
+    async def on_flush(self, msg: m.Flush) -> None:
+        await self.sync_point()
+
+    async def on_sync(self, msg: m.Sync = m.SYNC) -> None:
         self.skip_to_sync = False
         await self._ready()
 

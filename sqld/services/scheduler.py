@@ -256,18 +256,13 @@ class SchedulerService:
         t = self.state.statement_timeout
         return time.monotonic() + t if t else None
 
-    def _interrupted(self, exc: Interrupted) -> SqldError:
-        if exc.reason == "timeout":
-            return QueryCanceled("canceling statement due to statement timeout")
-        return QueryCanceled("canceling statement due to user request")
-
     async def _in_thread(self, conn: Connection, fn, *args):
         conn.guard(budget=None, deadline=self._deadline(), cancelled=self.state.cancelled, context=self.state)
         self.state.executing = True
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self.s.limiter)
         except Interrupted as exc:
-            raise self._interrupted(exc) from None
+            raise QueryCanceled.because(exc.reason) from None
         finally:
             self.state.executing = False
 
@@ -282,7 +277,7 @@ class SchedulerService:
             except BudgetExceeded:
                 pass
             except Interrupted as exc:
-                raise self._interrupted(exc) from None
+                raise QueryCanceled.because(exc.reason) from None
         return await self._in_thread(conn, conn.start, sql, params, first)
 
     async def _lock_writer(self) -> None:
@@ -310,7 +305,8 @@ class SchedulerService:
     async def info(self, stmt: Statement, conn: Connection | None = None) -> StatementInfo:
         if stmt.verb in TX_VERBS:
             return _NO_ROWS_INFO
-        cached = self.s.cached_info(stmt.sql)
+        # A transaction that changed the schema sees statements its own way: no cache.
+        cached = None if self.schema_dirty else self.s.cached_info(stmt.sql)
         if cached is not None:
             return cached
         if conn is None:
