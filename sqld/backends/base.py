@@ -34,6 +34,10 @@ class BudgetExceeded(Exception):
     """An inline run hit its step budget and was stopped before it changed anything."""
 
 
+class NeedsWriter(Exception):
+    """A read-only connection was asked to run a statement that writes; nothing ran."""
+
+
 class Interrupted(Exception):
     """The run was stopped by a cancel request or a statement timeout (``reason`` says which)."""
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import apsw
 import apsw.ext
 
-from sqld.backends.base import BudgetExceeded, Column, Interrupted, StatementInfo
+from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsWriter, StatementInfo
 from sqld.errors import SqldError, from_sqlite
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,18 @@ class LibsqlConnection:
         self._stop: str | None = None
         self.context: Any = None  # whose statement runs now; opaque here, read by SQL functions
         self._description = None
+        self._needs_writer = False
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
         # The columns of a statement are known after prepare, but apsw forgets them once a
         # statement finishes without a row: catch them before the first step.
         conn.exec_trace = self._trace
 
     def _trace(self, cursor, sql, bindings) -> bool:
+        if self.readonly and not cursor.is_readonly:
+            # SQLite says after prepare, before any step, whether a statement writes:
+            # the scheduler sends it to the writer instead (no regex on SQL text).
+            self._needs_writer = True
+            return False
         self._description = cursor.get_description()
         return True
 
@@ -103,10 +109,16 @@ class LibsqlConnection:
         cur = self.apsw.cursor()
         try:
             self._description = None
+            self._needs_writer = False
             cur.execute(sql, params)
             desc = self._description
             columns = tuple(Column(n, d) for n, d in desc) if desc else None
             rows = list(itertools.islice(cur, first))
+        except apsw.ExecTraceAbort:
+            self._close_cursor(cur)
+            if self._needs_writer:
+                raise NeedsWriter() from None
+            raise
         except apsw.Error as exc:
             self._close_cursor(cur)
             self._raise(exc)

@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Interrupted, StatementInfo
+from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Interrupted, NeedsWriter, StatementInfo
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
     Abort,
@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
 TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
 DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
+# Statements that always write go straight to the writer; others try a reader first.
+WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM",
+                         "REINDEX", "ATTACH", "DETACH"))
+# Statements that never write: on the writer too they may run inline under a step budget
+# (an interrupted read leaves the transaction as it was; an interrupted write would not).
+READ_VERBS = frozenset(("SELECT", "VALUES", "EXPLAIN"))
 _DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
 _NO_ROWS_INFO = StatementInfo(columns=(), param_count=0, readonly=True)
 
@@ -73,6 +79,7 @@ class Scheduler:
     commit_seq: int = 0  # write commits so far: tells a read snapshot it went stale
     _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
     _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
+    described: dict[str, DescribeResult] = attrs.field(factory=dict)  # Describe answers by SQL text
     group: CommitGroup = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -140,6 +147,7 @@ class Scheduler:
     def schema_changed(self) -> None:
         self._info_cache.clear()
         self._decltypes_cache.clear()
+        self.described.clear()
 
     def decltypes(self, conn: Connection, table: str) -> dict[str, str | None]:
         d = self._decltypes_cache.get(table)
@@ -327,6 +335,17 @@ class SchedulerService:
     async def describe(self, stmt: Statement) -> DescribeResult:
         if self.failed and stmt.verb not in TX_VERBS:
             raise InFailedTransaction()
+        cached = None if self.schema_dirty else self.s.described.get(stmt.sql)
+        if cached is not None:
+            return cached
+        result = await self._describe(stmt)
+        if not self.schema_dirty and len(stmt.sql) <= 8192:
+            if len(self.s.described) > 4096:
+                self.s.described.clear()
+            self.s.described[stmt.sql] = result
+        return result
+
+    async def _describe(self, stmt: Statement) -> DescribeResult:
         info = await self.info(stmt)
         decltypes: list[str | None] = [None] * info.param_count
         hints = dict(stmt.hints)
@@ -420,16 +439,19 @@ class SchedulerService:
             raise InFailedTransaction()
         if self.in_tx:
             return await self._execute_in_tx(stmt, req)
-        info = await self.info(stmt)
-        if info.readonly:
+        if verb not in WRITE_VERBS:
+            # Most likely a read: a reader tries it; SQLite tells, before running it, if it writes.
             conn = await self.s.acquire_reader()
             release = _releaser(self.s.release_reader, conn)
             try:
                 columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, True)
+            except NeedsWriter:
+                release()
             except BaseException:
                 release()
                 raise
-            return ResultCursor(self, conn, columns, rows, handle, verb, release)
+            else:
+                return ResultCursor(self, conn, columns, rows, handle, verb, release)
         if groupable(stmt) and self.s.group.running:
             write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
             self.state.cancel_requested = False
@@ -466,14 +488,17 @@ class SchedulerService:
 
     async def _execute_in_tx(self, stmt: Statement, req: Execute):
         try:
-            info = await self.info(stmt, self.tx_conn)
-            if info.readonly:
+            conn = self.tx_conn
+            if stmt.verb in WRITE_VERBS:
+                conn = await self._tx_writer_for(stmt)
+            elif conn is None:
                 conn = await self._tx_connection()
-            elif self.read_only_tx:
-                raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
-            else:
-                conn = await self._tx_writer()
-            columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, info.readonly)
+            try:
+                columns, rows, handle = await self._start(
+                    conn, stmt.sql, req.params, req.first, conn.readonly or stmt.verb in READ_VERBS)
+            except NeedsWriter:
+                conn = await self._tx_writer_for(stmt)
+                columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 self._fail()
@@ -482,6 +507,11 @@ class SchedulerService:
             self.schema_dirty = True
             self.s.schema_changed()
         return ResultCursor(self, conn, columns, rows, handle, stmt.verb, _releaser(_nothing, conn))
+
+    async def _tx_writer_for(self, stmt: Statement) -> Connection:
+        if self.read_only_tx:
+            raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
+        return await self._tx_writer()
 
     def _fail(self) -> None:
         self.failed = True
