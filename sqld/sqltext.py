@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 
 import attrs
 
@@ -35,8 +36,7 @@ _TOKEN = re.compile(
 )
 
 
-@attrs.frozen
-class Token:
+class Token(NamedTuple):
     kind: str
     text: str
 
@@ -78,21 +78,42 @@ class Statement:
     """One statement, ready for SQLite.
 
     ``sql`` is the rewritten text; ``verb`` its first keyword(s) in upper case, as a
-    PostgreSQL command tag would name it; ``tables`` the tables it names after FROM, JOIN,
-    INTO or UPDATE; ``hints`` what placeholders' surroundings say, by 1-based index.
+    PostgreSQL command tag would name it. What only describing a statement needs is worked
+    out on first use: ``tables`` (named after FROM, JOIN, INTO or UPDATE), ``hints`` (what
+    placeholders' surroundings say, by 1-based index) and ``columns`` (select-list hints).
     """
 
     sql: str
     verb: str
     words: tuple[str, ...]
     param_count: int
-    tables: tuple[str, ...] = ()
-    hints: tuple[tuple[int, ParamHint], ...] = ()
-    columns: tuple[ColumnHint | None, ...] | None = None
+    _sig: tuple[Token, ...] = attrs.field(default=(), eq=False, repr=False)
+    _cast_hints: dict = attrs.field(factory=dict, eq=False, repr=False)
+    _analysis: list = attrs.field(factory=list, eq=False, repr=False)
 
     @property
     def is_empty(self) -> bool:
         return not self.verb
+
+    def _analyze(self) -> tuple:
+        if not self._analysis:
+            sig = list(self._sig)
+            tables, hints = _hints(sig, self._cast_hints)
+            columns = _select_list(sig) if self.words and self.words[0] == "SELECT" else None
+            self._analysis.append((tables, tuple(sorted(hints.items())), columns))
+        return self._analysis[0]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return self._analyze()[0]
+
+    @property
+    def hints(self) -> tuple[tuple[int, ParamHint], ...]:
+        return self._analyze()[1]
+
+    @property
+    def columns(self) -> tuple[ColumnHint | None, ...] | None:
+        return self._analyze()[2]
 
 
 def _unquote_ident(text: str) -> str:
@@ -603,21 +624,26 @@ def _count_params(sig: list[Token]) -> int:
     return count
 
 
+# Token kinds the rewrite changes: casts, E'' and $$ strings ($n placeholders are "param").
+_REWRITTEN = frozenset(("cast", "estring", "dollar"))
+
+
 def _make_statement(tokens: list[Token]) -> Statement:
     sig = _significant(tokens)
     if not sig:
         return Statement(sql="", verb="", words=(), param_count=0)
-    sql, cast_hints = _rewrite(tokens)
+    if any(tok.kind in _REWRITTEN or (tok.kind == "param" and tok.text[0] == "$") for tok in sig):
+        sql, cast_hints = _rewrite(tokens)
+    else:  # nothing PostgreSQL-only in it: the text goes to SQLite as it came
+        sql, cast_hints = "".join(tok.text for tok in tokens).strip(), {}
     words = _verb_words(sig)
-    tables, hints = _hints(sig, cast_hints)
     return Statement(
         sql=sql,
         verb=_command_verb(words, sig),
         words=words,
         param_count=_count_params(sig),
-        tables=tables,
-        hints=tuple(sorted(hints.items())),
-        columns=_select_list(sig) if words and words[0] == "SELECT" else None,
+        sig=tuple(sig),
+        cast_hints=cast_hints,
     )
 
 
