@@ -36,6 +36,11 @@ _NO_DATA = m.NoData().encode()
 _PORTAL_SUSPENDED = m.PortalSuspended().encode()
 _EMPTY_QUERY = m.EmptyQueryResponse().encode()
 _RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
+_BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROLLBACK"))
+# Statements that end or need to be outside a transaction: a Query holding one of them
+# runs its statements one by one, as PostgreSQL does for transaction control.
+_OWN_TRANSACTION = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT",
+                              "RELEASE", "VACUUM", "PRAGMA", "ATTACH", "DETACH"))
 
 
 @attrs.define(eq=False)
@@ -585,12 +590,28 @@ class PgConnection:
         # A simple Query closes the unnamed portal and statement (protocol 55.2.2).
         try:
             statements = parse(msg.sql)
-            if not statements:
-                self.write(_EMPTY_QUERY)
-            for stmt in statements:
-                await self._simple(stmt)
         except SqldError as err:
             self.write_error(err)
+            await self._ready()
+            return
+        if not statements:
+            self.write(_EMPTY_QUERY)
+        # Several statements in one Query form one implicit transaction (protocol 55.2.2.1):
+        # all or nothing, unless they manage transactions themselves.
+        implicit = len(statements) > 1 and not any(st.verb in _OWN_TRANSACTION for st in statements) \
+            and await self.service(Sync()) == b"I"
+        try:
+            if implicit:
+                await (await self.service(Execute(_BEGIN))).close()
+            for stmt in statements:
+                await self._simple(stmt)
+            if implicit:
+                await (await self.service(Execute(_COMMIT))).close()
+        except SqldError as err:
+            self.write_error(err)
+            if implicit:
+                with anyio.CancelScope(shield=True):
+                    await (await self.service(Execute(_ROLLBACK))).close()
         await self._ready()
 
     async def _ready(self) -> None:

@@ -51,8 +51,9 @@ def test_simple_query_stops_at_first_error(client, table_name):
                         f"insert into {table_name} values (1)")
     assert kinds(msgs) == ["CommandComplete", "ErrorResponse", "ReadyForQuery"]
     assert msgs[1].sqlstate == "42P01"
+    # the implicit transaction took the CREATE TABLE back with it, as in PostgreSQL
     msgs = client.query(f"select count(*) from {table_name}")
-    assert [x.values for x in msgs if isinstance(x, m.DataRow)] == [(b"0",)]
+    assert msgs[0].sqlstate == "42P01"
 
 
 def test_empty_query(client):
@@ -205,3 +206,16 @@ def test_cancel_request_with_wrong_key_is_ignored(client, sqld_server):
         s.sendall(m.CancelRequest(client.key.process_id, client.key.secret_key ^ 1).encode())
         assert s.recv(10) == b""
     assert kinds(client.query("select 1")) == ["RowDescription", "DataRow", "CommandComplete", "ReadyForQuery"]
+
+
+def test_statements_of_one_query_are_one_implicit_transaction(client, table_name):
+    client.query(f"create table {table_name}(id integer primary key)")
+    msgs = client.query(f"insert into {table_name} values (1); insert into {table_name} values (1); "
+                        f"insert into {table_name} values (2)")
+    assert kinds(msgs) == ["CommandComplete", "ErrorResponse", "ReadyForQuery"]
+    assert msgs[1].sqlstate == "23505" and msgs[-1].status == b"I"
+    rows = client.query(f"select count(*) from {table_name}")
+    assert [x.values for x in rows if isinstance(x, m.DataRow)] == [(b"0",)], "the first insert was kept"
+    # statements that manage transactions themselves run one by one
+    msgs = client.query(f"insert into {table_name} values (5); vacuum; select count(*) from {table_name}")
+    assert [x.tag for x in msgs if isinstance(x, m.CommandComplete)] == ["INSERT 0 1", "VACUUM", "SELECT 1"]
