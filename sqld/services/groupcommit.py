@@ -19,7 +19,6 @@ twice. A COMMIT that fails (a deferred constraint) falls back to one transaction
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import anyio
@@ -176,7 +175,3 @@ class CommitGroup:
                 while self._attempt(conn, [w]):
                     pass
         return []
-
-
-def deadline_after(timeout: float | None) -> float | None:
-    return time.monotonic() + timeout if timeout else None

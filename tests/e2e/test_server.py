@@ -83,6 +83,15 @@ def test_sigterm_rolls_back_checkpoints_and_exits_zero(start_sqld, tmp_path):
         assert c.execute("select v from kept").fetchall() == [(1,)]
 
 
+def test_sigint_stops_cleanly(start_sqld):
+    server = start_sqld()
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table t(v integer)")
+    assert server.stop(signal.SIGINT) == 0
+    assert "Traceback" not in server.log()
+    assert "stopped" in server.log()
+
+
 def run_sqld(*args, timeout=20):
     return subprocess.run([sys.executable, "-m", "sqld", *args], capture_output=True, text=True, timeout=timeout)
 
