@@ -47,11 +47,13 @@ def _timeout(ctx, param, value):
               "undo the last commits (never corrupts).")
 @click.option("--foreign-keys/--no-foreign-keys", default=True, envvar="SQLD_FOREIGN_KEYS", show_envvar=True,
               help="Enforce FOREIGN KEY constraints (SQLite's PRAGMA foreign_keys) on every connection.")
+@click.option("--create-databases/--no-create-databases", default=True, envvar="SQLD_CREATE_DATABASES",
+              show_envvar=True, help="Create a database the first time a client names it (folder mode).")
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
 @click.version_option(__version__, prog_name="sqld")
 def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, synchronous,
-         foreign_keys, max_readers):
+         foreign_keys, create_databases, max_readers):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -70,6 +72,7 @@ def main(backend, db_path, listen_addr, log_level, max_connections, statement_ti
         backend=backend, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
         max_connections=max_connections, statement_timeout=statement_timeout,
         synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
+        create_databases=create_databases,
     )
     try:
         anyio.run(serve, config, backend="asyncio", backend_options={"use_uvloop": _have_uvloop()})
@@ -89,20 +92,21 @@ def _have_uvloop() -> bool:
 
 
 async def serve(config: Config) -> None:
-    from sqld.backends.libsql import LibsqlBackend
     from sqld.server import Server
     from sqld.services.compat import sql_functions
+    from sqld.services.databases import Databases
     from sqld.services.pgconn import PgConnectionFactory
-    from sqld.services.scheduler import Scheduler
     from sqld.services.stack import SessionStackFactory
 
-    backend = LibsqlBackend(config.db_path, synchronous=config.synchronous, foreign_keys=config.foreign_keys)
-    backend.open()
+    databases = Databases(
+        config.db_path, create=config.create_databases, synchronous=config.synchronous,
+        foreign_keys=config.foreign_keys, max_readers=config.max_readers, inline_budget=config.inline_budget,
+        functions=sql_functions(),
+    )
+    databases.open_main()
     try:
-        scheduler = Scheduler(backend, max_readers=config.max_readers, inline_budget=config.inline_budget,
-                              functions=sql_functions())
         factory = PgConnectionFactory(
-            SessionStackFactory(scheduler, statement_timeout=config.statement_timeout),
+            SessionStackFactory(databases, statement_timeout=config.statement_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
         )
         server = Server(config.listen_host, config.listen_port)
@@ -112,9 +116,9 @@ async def serve(config: Config) -> None:
             raise SqldError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}") from None
         where = ", ".join(f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound)
         log.info("sqld %s listening on %s, serving %s (backend %s, synchronous=%s)",
-                 __version__, where, backend.path, config.backend, config.synchronous)
+                 __version__, where, databases.main_file, config.backend, config.synchronous)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(scheduler.run)
+            databases.start(tg)
             tg.start_soon(server.serve, factory)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
@@ -123,5 +127,5 @@ async def serve(config: Config) -> None:
                     tg.cancel_scope.cancel()
                     break
     finally:
-        backend.close()
-        log.info("stopped; database checkpointed")
+        databases.close()
+        log.info("stopped; databases checkpointed")

@@ -16,6 +16,7 @@ class Config:
     statement_timeout: float | None = None  # seconds; None: no limit
     synchronous: str = "full"
     foreign_keys: bool = True
+    create_databases: bool = True
     max_readers: int = 8
     inline_budget: int = 20
     max_message_size: int = 64 * 1024 * 1024

@@ -233,6 +233,7 @@ class SchedulerService:
         self.schema_dirty = False  # the open transaction changed the schema
         self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
         self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
+        self.on_close = None  # called when the session ends (a private database is dropped)
 
     @property
     def status(self) -> bytes:
@@ -684,6 +685,8 @@ class SchedulerService:
                     await self._end_tx("rollback")
                 except Exception as exc:  # the session is gone; nothing to tell it
                     log.warning("rollback at disconnect failed: %s", exc)
+            if self.on_close is not None:
+                self.on_close()
 
 
 def _releaser(fn, conn):

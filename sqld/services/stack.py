@@ -11,21 +11,30 @@ from __future__ import annotations
 
 from sqld.services.base import SessionState
 from sqld.services.compat import CompatService
+from sqld.services.databases import PRIVATE, Databases
 from sqld.services.logging import LoggingService
 from sqld.services.scheduler import Scheduler
 
 
 class SessionStackFactory:
-    """Builds each session's service stack over one shared Scheduler."""
+    """Builds each session's service stack over the Scheduler of the database it names
+    (a ``Databases`` registry), or over one Scheduler for every session."""
 
-    def __init__(self, scheduler: Scheduler, *, statement_timeout: float | None = None) -> None:
-        self.scheduler = scheduler
+    def __init__(self, databases: Databases | Scheduler, *, statement_timeout: float | None = None) -> None:
+        self.databases = databases
         self.statement_timeout = statement_timeout
 
     async def __call__(self, state: SessionState):
         state.statement_timeout = self.statement_timeout
         if self.statement_timeout:
             state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
-        service = await self.scheduler(state)
+        if isinstance(self.databases, Scheduler):
+            service = await self.databases(state)
+        elif state.database == PRIVATE:
+            scheduler, drop = await self.databases.private()
+            service = await scheduler(state)
+            service.on_close = drop
+        else:
+            service = await (await self.databases.get(state.database))(state)
         service = CompatService(service, state, self.statement_timeout)
         return LoggingService(service, state)
