@@ -14,6 +14,7 @@ class SqldError(Exception):
 
     sqlstate = "XX000"  # internal_error: a bug in sqld
     severity = "ERROR"
+    sqlite_code: int | None = None  # SQLite's extended result code, when SQLite raised it
 
     def __init__(
         self,
@@ -198,5 +199,5 @@ def from_sqlite(exc: apsw.Error) -> SqldError:
         return SqldError(message, sqlstate="XX000")
     state = sqlstate_for_sqlite(code, extended, message)
     err = SqldError(message, sqlstate=state)
-    err.sqlite_code = extended if extended is not None else code  # type: ignore[attr-defined]
+    err.sqlite_code = extended if extended is not None else code
     return err

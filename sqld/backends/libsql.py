@@ -173,6 +173,9 @@ class LibsqlConnection:
     def changes(self) -> int:
         return self.apsw.changes()
 
+    def last_insert_rowid(self) -> int:
+        return self.apsw.last_insert_rowid()
+
     def in_transaction(self) -> bool:
         return not self.apsw.get_autocommit()
 

@@ -307,7 +307,7 @@ class Bind:
             if f != 0 and f != 1:
                 raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
         for f in result_formats:
-            if f != 0 and f != 1:
+            if not 0 <= f <= 2:  # 2: sqld's typed format, for clients that negotiated it
                 raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
         return cls(portal, statement, param_formats, tuple(params), result_formats)
 
@@ -676,6 +676,7 @@ FIELD_CODES = {
     "detail": b"D",
     "hint": b"H",
     "position": b"P",
+    "sqlite_code": b"e",  # sqld extension: the SQLite extended result code (docs/protocol.md)
 }
 _CODE_NAMES = {v: k for k, v in FIELD_CODES.items()}
 
@@ -689,6 +690,7 @@ class ErrorResponse:
     detail: str | None = None
     hint: str | None = None
     position: int | None = None
+    sqlite_code: int | None = None
 
     def encode(self) -> bytes:
         body = b"S" + _cstr(self.severity) + b"V" + _cstr(self.severity)
@@ -699,6 +701,8 @@ class ErrorResponse:
             body += b"H" + _cstr(self.hint)
         if self.position is not None:
             body += b"P" + _cstr(str(self.position))
+        if self.sqlite_code is not None:
+            body += b"e" + _cstr(str(self.sqlite_code))
         return frame(self.type, body + b"\x00")
 
     @classmethod
@@ -715,6 +719,7 @@ class ErrorResponse:
                 fields[name] = value
         r.end()
         pos = fields.get("position")
+        code = fields.get("sqlite_code")
         return cls(
             severity=fields.get("severity", "ERROR"),
             sqlstate=fields.get("sqlstate", "XX000"),
@@ -722,6 +727,7 @@ class ErrorResponse:
             detail=fields.get("detail"),
             hint=fields.get("hint"),
             position=int(pos) if pos and pos.isascii() and pos.isdigit() else None,
+            sqlite_code=int(code) if code and code.isascii() and code.isdigit() else None,
         )
 
 

@@ -266,6 +266,8 @@ _BINARY_ENCODERS = {
 
 def encoder(oid: int, fmt: int):
     """The function that turns a SQLite value (never None) into the bytes of a DataRow."""
+    if fmt == 2:
+        return encode_typed
     if fmt == 0:
         return _TEXT_ENCODERS.get(oid, _text_text)
     enc = _BINARY_ENCODERS.get(oid)
@@ -405,3 +407,35 @@ def bytea_from_text(text: str, i: int = 0) -> bytes:
         else:
             raise _bad_param(i, BYTEA, b"", "invalid escape sequence")
     return bytes(out)
+
+
+# --- sqld's typed format (result format code 2, docs/protocol.md) ---------------------------------
+# Each value carries its SQLite storage class: one tag byte, then the value.
+TYPED_FORMAT = 2
+
+
+def encode_typed(v) -> bytes:
+    t = type(v)
+    if t is int:
+        return b"i" + _Q.pack(v)
+    if t is float:
+        return b"f" + _D.pack(v)
+    if t is str:
+        return b"t" + v.encode("utf-8", "surrogatepass")
+    if t is bytes:
+        return b"b" + v
+    raise _mismatch(v, TEXT)
+
+
+def decode_typed(raw: bytes):
+    """A typed value back; raises ValueError on a malformed one (peer input)."""
+    tag = raw[:1]
+    if tag == b"i" and len(raw) == 9:
+        return _Q.unpack_from(raw, 1)[0]
+    if tag == b"f" and len(raw) == 9:
+        return _D.unpack_from(raw, 1)[0]
+    if tag == b"t":
+        return raw[1:].decode("utf-8", "surrogatepass")
+    if tag == b"b":
+        return bytes(raw[1:])
+    raise ValueError(f"malformed typed value {raw[:16]!r}")

@@ -44,6 +44,9 @@ class SessionState:
     cancel_requested: bool = False
     executing: bool = False
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
+    ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
+    total_changes: int = 0  # rows changed by this session's statements (sqlite3's total_changes)
+    last_rowid: int = 0  # rowid of this session's last INSERT (sqlite3's lastrowid)
     deallocate: list[str] = attrs.Factory(list)  # DEALLOCATE names ("*" for ALL) to drop
 
     def cancelled(self) -> bool:

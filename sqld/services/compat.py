@@ -72,7 +72,7 @@ def initial_settings(user: str, params: dict[str, str]) -> dict[str, str]:
     settings["session_authorization"] = user
     for key, value in params.items():
         k = key.lower()
-        if k in ("user", "database", "options", "replication"):
+        if k in ("user", "database", "options", "replication") or k.startswith("_pq_."):
             continue
         settings[k] = value
     return settings

@@ -55,6 +55,7 @@ class Write:
     columns: tuple[Column, ...] | None = None
     rows: list[tuple] = attrs.Factory(list)
     changes: int = 0
+    last_rowid: int | None = None
     error: BaseException | None = None
 
 
@@ -148,6 +149,7 @@ class CommitGroup:
                 columns, rows, handle = conn.start(w.statement.sql, w.params, 1 << 62)
                 w.columns, w.rows, w.error = columns, rows, None
                 w.changes = conn.changes()
+                w.last_rowid = conn.last_insert_rowid()
                 conn.guard(budget=None, deadline=None, cancelled=None, context=None)
                 conn.run("release sqld_group")
                 ran.append(w)

@@ -7,6 +7,7 @@ wait for the client (or the buffer is large), so a pipelined batch costs one wri
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from typing import Any
@@ -25,6 +26,17 @@ from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 
 log = logging.getLogger(__name__)
+
+# The sqld protocol extension (docs/protocol.md): asked for with this startup parameter.
+EXT_PARAM = "_pq_.sqld"
+DECLTYPES_PARAM = "sqld.decltypes"
+RESULT_PARAM = "sqld.result"
+
+
+def _tag_count(tag: str) -> int:
+    """The row count a command tag ends with (INSERT 0 n, UPDATE n, DELETE n), else 0."""
+    last = tag.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() and tag.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE") else 0
 
 FLUSH_AT = 64 * 1024   # write out once this much output is buffered
 BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
@@ -150,10 +162,12 @@ class PgConnection:
             await self.flush()
 
     def write_error(self, err: SqldError) -> None:
+        ext = self.state is not None and self.state.ext
         self.write(
             m.ErrorResponse(
                 severity=err.severity, sqlstate=err.sqlstate, message=err.message,
                 detail=err.detail, hint=err.hint,
+                sqlite_code=err.sqlite_code if ext else None,
             ).encode()
         )
 
@@ -251,12 +265,15 @@ class PgConnection:
         state.database = params.get("database") or user
         state.settings = initial_settings(user, params)
         state.application_name = state.settings.get("application_name", "")
+        state.ext = params.get(EXT_PARAM) == "1"
         self.state = state
         self.service = await self.factory.session_factory(state)
         self.write(m.Authentication(m.AUTH_OK).encode())
         for name, value in state.settings.items():
             if is_reported(name):
                 self.write(m.ParameterStatus(reported_name(name), value).encode())
+        if state.ext:
+            self.write(m.ParameterStatus(EXT_PARAM, "1").encode())  # the extension is on
         self.write(m.BackendKeyData(state.process_id, state.secret_key).encode())
         self.write(_RFQ[b"I"])
         await self.flush()
@@ -319,6 +336,16 @@ class PgConnection:
     async def on_sync(self, msg: m.Sync = m.SYNC) -> None:
         self.skip_to_sync = False
         await self._ready()
+
+    def _complete(self, cur) -> None:
+        """CommandComplete, after the extension's changes / last rowid / total changes."""
+        tag = cur.tag()
+        state = self.state
+        if state.ext:
+            changes = _tag_count(tag)
+            result = f"{changes} {state.last_rowid} {state.total_changes}"
+            self.write(m.ParameterStatus(RESULT_PARAM, result).encode())
+        self.write(m.CommandComplete(tag).encode())
 
     def _after_statement(self) -> None:
         state = self.state
@@ -489,6 +516,9 @@ class PgConnection:
 
     def _encoders(self, oids, formats) -> list:
         n = len(oids)
+        if t.TYPED_FORMAT in formats and not self.state.ext:
+            raise ProtocolViolation("result format 2 is sqld's extension, which this session did not ask for",
+                                    severity="ERROR")
         if len(formats) not in (0, 1, n):
             raise ProtocolViolation(f"bind message has {len(formats)} result formats but query has {n} columns",
                                     severity="ERROR")
@@ -496,6 +526,14 @@ class PgConnection:
                 for i, oid in enumerate(oids)]
 
     def _row_description(self, cols, oids, formats) -> bytes:
+        desc = self._fields(cols, oids, formats)
+        if self.state.ext:
+            # The extension tells the columns' declared types first (sqlite3's PARSE_DECLTYPES).
+            decltypes = json.dumps([c.decltype for c in cols])
+            return m.ParameterStatus(DECLTYPES_PARAM, decltypes).encode() + desc
+        return desc
+
+    def _fields(self, cols, oids, formats) -> bytes:
         fields = []
         for i, (col, oid) in enumerate(zip(cols, oids)):
             fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
@@ -517,7 +555,7 @@ class PgConnection:
             self.write(_EMPTY_QUERY)
             return
         if portal.complete:
-            self.write(m.CommandComplete(portal.cursor.tag()).encode())
+            self._complete(portal.cursor)
             return
         limit = msg.max_rows
         if portal.cursor is None:
@@ -537,7 +575,7 @@ class PgConnection:
             self.write(_PORTAL_SUSPENDED)
         else:
             portal.complete = True
-            self.write(m.CommandComplete(cur.tag()).encode())
+            self._complete(cur)
         self._after_statement()
 
     async def _send_rows(self, portal: Portal, limit: int) -> bool:
@@ -598,7 +636,9 @@ class PgConnection:
             self.write(_EMPTY_QUERY)
         # Several statements in one Query form one implicit transaction (protocol 55.2.2.1):
         # all or nothing, unless they manage transactions themselves.
-        implicit = len(statements) > 1 and not any(st.verb in _OWN_TRANSACTION for st in statements) \
+        # (Not for the sqld extension: sqlite3's executescript runs statements one by one.)
+        implicit = len(statements) > 1 and not self.state.ext \
+            and not any(st.verb in _OWN_TRANSACTION for st in statements) \
             and await self.service(Sync()) == b"I"
         try:
             if implicit:
@@ -635,5 +675,5 @@ class PgConnection:
                 await self._send_rows(portal, 0)
         finally:
             await cur.close()
-        self.write(m.CommandComplete(cur.tag()).encode())
+        self._complete(cur)
         self._after_statement()

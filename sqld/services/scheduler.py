@@ -57,6 +57,7 @@ WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DRO
 # (an interrupted read leaves the transaction as it was; an interrupted write would not).
 READ_VERBS = frozenset(("SELECT", "VALUES", "EXPLAIN"))
 _DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
+_INSERT_VERBS = frozenset(("INSERT", "REPLACE"))
 _NO_ROWS_INFO = StatementInfo(columns=(), param_count=0, readonly=True)
 
 
@@ -163,10 +164,10 @@ class ResultCursor:
     """
 
     __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
-                 "_release")
+                 "_release", "last_rowid")
 
     def __init__(self, service: SchedulerService, conn: Connection | None, columns, rows, handle, verb, release,
-                 changes: int | None = None) -> None:
+                 changes: int | None = None, last_rowid: int | None = None) -> None:
         self._service = service
         self._conn = conn
         self._handle = handle
@@ -176,13 +177,20 @@ class ResultCursor:
         self._verb = verb
         self._count = len(rows)
         self._changes = changes
+        self.last_rowid = last_rowid
         self._release = release
         if done:
             self._finish()
 
     def _finish(self) -> None:
-        if self._verb in _DML_TAGS and self._changes is None:
-            self._changes = self._conn.changes()
+        if self._verb in _DML_TAGS:
+            if self._changes is None:
+                self._changes = self._conn.changes()
+                if self._verb in _INSERT_VERBS:
+                    self.last_rowid = self._conn.last_insert_rowid()
+            self._service.state.total_changes += self._changes
+            if self._verb in _INSERT_VERBS and self.last_rowid is not None:
+                self._service.state.last_rowid = self.last_rowid
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -461,7 +469,8 @@ class SchedulerService:
                 await self.s.group.submit(write, self.state.statement_timeout)
             finally:
                 self.state.executing = False
-            return ResultCursor(self, None, write.columns, write.rows, None, verb, None, write.changes)
+            return ResultCursor(self, None, write.columns, write.rows, None, verb, None, write.changes,
+                                write.last_rowid)
         # an autocommit write that runs alone: hold the writer for this statement only
         await self._lock_writer()
         conn = self.s.backend.writer()
@@ -515,7 +524,18 @@ class SchedulerService:
         return await self._tx_writer()
 
     def _fail(self) -> None:
-        self.failed = True
+        """A statement in the transaction failed. PostgreSQL semantics: the transaction is
+        aborted until ROLLBACK. A session on the sqld extension (sqlite3's semantics) keeps
+        its transaction, as SQLite does, unless SQLite itself rolled it back."""
+        if not self.state.ext:
+            self.failed = True
+            return
+        conn = self.tx_conn
+        if conn is not None and not conn.readonly and not conn.in_transaction():
+            self.tx_conn = None
+            self.in_tx = self.read_only_tx = False
+            conn.finish()
+            self._unlock_writer()
 
     async def _tx_connection(self) -> Connection:
         """The transaction's connection for a read. A transaction starts on a reader at its

@@ -1,0 +1,229 @@
+"""A blocking pgwire connection to sqld, on the server's own codec, with the sqld extension.
+
+It knows the protocol, not sqlite3's API: ``run`` sends one statement through the extended
+protocol in one round trip and returns its columns, typed rows and counts; ``script`` sends
+a simple Query. ``sqld.client`` builds sqlite3's semantics on top.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import attrs
+
+from sqld.pgwire import messages as m
+from sqld.pgwire import types as t
+from sqld.pgwire.codec import NEED_DATA, Decoder
+
+EXT_PARAM = "_pq_.sqld"
+
+
+class ServerError(Exception):
+    """An ErrorResponse from the server."""
+
+    def __init__(self, response: m.ErrorResponse) -> None:
+        super().__init__(response.message)
+        self.response = response
+
+
+class WireError(Exception):
+    """The connection failed (refused, dropped, or the peer broke the protocol)."""
+
+
+@attrs.define
+class Result:
+    """One statement's outcome."""
+
+    names: list[str] = attrs.Factory(list)       # column names ([] when no rows are returned)
+    decltypes: list[str | None] = attrs.Factory(list)
+    rows: list[tuple] = attrs.Factory(list)
+    has_rows: bool = False
+    tag: str = ""
+    changes: int = 0
+    last_rowid: int | None = None
+    total_changes: int = 0
+
+
+def _param(value) -> tuple[int, bytes | None]:
+    """(type OID, binary value) for one parameter: each storage class travels exactly."""
+    if value is None:
+        return 0, None
+    tp = type(value)
+    if tp is int:
+        if not -(2**63) <= value < 2**63:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return t.INT8, struct.pack("!q", value)
+    if tp is float:
+        return t.FLOAT8, struct.pack("!d", value)
+    if tp is str:
+        return t.TEXT, value.encode("utf-8", "surrogatepass")
+    if tp is bytes:
+        return t.BYTEA, value
+    raise TypeError(f"type {tp.__name__!r} is not supported")
+
+
+class WireConnection:
+    def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
+                 timeout: float | None = 5.0, application_name: str = "sqld.client") -> None:
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise WireError(f"cannot connect to sqld at {host}:{port}: {exc.strerror or exc}") from None
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host, self.port = host, port
+        self.decoder = Decoder(m.BACKEND)
+        self.status = b"I"
+        self.params: dict[str, str] = {}
+        self.key: m.BackendKeyData | None = None
+        self.total_changes = 0
+        self.closed = False
+        self._send(m.StartupMessage({"user": user, "database": database, EXT_PARAM: "1",
+                                     "application_name": application_name}).encode())
+        while True:
+            msg = self._recv()
+            if isinstance(msg, m.Authentication):
+                if msg.code == m.AUTH_OK:
+                    continue
+                if msg.code == 3 and password is not None:  # cleartext
+                    self._send(m.PasswordMessage(password.encode() + b"\x00").encode())
+                    continue
+                self.close()
+                raise WireError(f"the server asks for an authentication method ({msg.code}) this client lacks")
+            if isinstance(msg, m.ParameterStatus):
+                self.params[msg.name] = msg.value
+            elif isinstance(msg, m.BackendKeyData):
+                self.key = msg
+            elif isinstance(msg, m.ErrorResponse):
+                self.close()
+                raise ServerError(msg)
+            elif isinstance(msg, m.ReadyForQuery):
+                self.status = msg.status
+                break
+        if self.params.get(EXT_PARAM) != "1":
+            self.close()
+            raise WireError(f"{host}:{port} is not a sqld server (it did not accept the sqld protocol extension)")
+
+    # -- bytes ------------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self._broken(exc)
+
+    def _recv(self):
+        while True:
+            try:
+                msg = self.decoder.next_message()
+            except Exception as exc:  # a server that breaks the protocol
+                self._broken(exc)
+            if msg is not NEED_DATA:
+                return msg
+            try:
+                data = self.sock.recv(262144)
+            except OSError as exc:
+                self._broken(exc)
+            if not data:
+                self._broken(None)
+            self.decoder.feed(data)
+
+    def _broken(self, exc):
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        why = f": {exc}" if exc else ""
+        raise WireError(f"the connection to sqld was lost{why}") from None
+
+    # -- statements -------------------------------------------------------------------------
+
+    def run(self, sql: str, params: tuple = ()) -> Result:
+        """One statement with bound parameters, all its rows, one round trip."""
+        encoded = [_param(v) for v in params]
+        self._send(b"".join((
+            m.Parse("", sql, tuple(oid for oid, _ in encoded)).encode(),
+            m.Bind("", "", (1,), tuple(raw for _, raw in encoded), (t.TYPED_FORMAT,)).encode(),
+            m.Describe(b"P", "").encode(),
+            m.Execute("", 0).encode(),
+            m.SYNC.encode(),
+        )))
+        return self._results(single=True)[0]
+
+    def script(self, sql: str) -> list[Result]:
+        """A simple Query: several statements, each committed as it runs (no parameters)."""
+        self._send(m.Query(sql).encode())
+        return self._results(single=False)
+
+    def _results(self, single: bool) -> list[Result]:
+        results: list[Result] = []
+        current = Result()
+        error: ServerError | None = None
+        while True:
+            msg = self._recv()
+            kind = type(msg)
+            if kind is m.DataRow:
+                if single:  # a script's rows (text format) are not kept: executescript drops them
+                    current.rows.append(tuple(None if v is None else _value(v) for v in msg.values))
+            elif kind is m.RowDescription:
+                current.names = [f.name for f in msg.fields]
+                current.has_rows = True
+                if len(current.decltypes) != len(current.names):
+                    current.decltypes = [None] * len(current.names)
+            elif kind is m.ParameterStatus:
+                if msg.name == "sqld.decltypes":
+                    current.decltypes = json.loads(msg.value)
+                elif msg.name == "sqld.result":
+                    changes, last_rowid, total = (int(x) for x in msg.value.split())
+                    current.changes, current.last_rowid, current.total_changes = changes, last_rowid, total
+                    self.total_changes = total
+                else:
+                    self.params[msg.name] = msg.value
+            elif kind is m.CommandComplete:
+                current.tag = msg.tag
+                results.append(current)
+                current = Result()
+            elif kind is m.ErrorResponse:
+                error = ServerError(msg)
+            elif kind is m.ReadyForQuery:
+                self.status = msg.status
+                if error is not None:
+                    raise error
+                if single and not results:
+                    results.append(current)
+                return results
+            # ParseComplete, BindComplete, NoData, EmptyQueryResponse, NoticeResponse: nothing to keep
+
+    def cancel(self) -> None:
+        """Ask the server to interrupt what this connection runs (from any thread)."""
+        if self.key is None:
+            return
+        try:
+            with socket.create_connection((self.host, self.port), timeout=5) as s:
+                s.sendall(m.CancelRequest(self.key.process_id, self.key.secret_key).encode())
+                s.recv(1)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.sendall(m.TERMINATE.encode())
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _value(raw: bytes):
+    try:
+        return t.decode_typed(raw)
+    except ValueError as exc:
+        raise WireError(f"the server sent {exc}") from None
