@@ -93,6 +93,17 @@ class SerializationFailure(SqldError):
     sqlstate = "40001"
 
 
+class LockNotAvailable(SqldError):
+    """A statement waited for the writer longer than lock_timeout (SQLite: SQLITE_BUSY)."""
+
+    sqlstate = "55P03"
+    sqlite_code = 5  # SQLITE_BUSY: sqlite3 clients see "database is locked"
+
+    def __init__(self) -> None:
+        super().__init__("database is locked", detail="canceling statement due to lock timeout",
+                         hint="Another session's transaction holds the writer.")
+
+
 class TooManyConnections(SqldError):
     sqlstate = "53300"
     severity = "FATAL"

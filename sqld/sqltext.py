@@ -93,7 +93,7 @@ class Statement:
 
     @property
     def is_empty(self) -> bool:
-        return not self.verb
+        return not self._sig
 
     def _analyze(self) -> tuple:
         if not self._analysis:

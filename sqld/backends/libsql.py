@@ -33,6 +33,13 @@ def database_file(db_path: str | os.PathLike) -> Path:
     return p / "main.db"
 
 
+def _not_utf8(exc: UnicodeDecodeError) -> SqldError:
+    """A TEXT value that is not UTF-8 (SQLite stores what it is given; CAST(blob AS TEXT))."""
+    text = exc.object[: exc.start][:40].decode("utf-8", "replace") if isinstance(exc.object, bytes) else ""
+    return SqldError(f"Could not decode to UTF-8 text '{text}…': invalid byte sequence for encoding \"UTF8\"",
+                     sqlstate="22021", hint="Read the value as a BLOB (CAST(x AS BLOB)).")
+
+
 class LibsqlConnection:
     """One apsw connection with its one open cursor and its stop conditions."""
 
@@ -112,6 +119,13 @@ class LibsqlConnection:
             self._needs_writer = False
             cur.execute(sql, params)
             desc = self._description
+            if desc:
+                try:
+                    # After the first step: a statement SQLite re-prepared for a changed
+                    # schema (ALTER TABLE … ADD) may have other columns than at prepare.
+                    desc = cur.get_description()
+                except apsw.ExecutionCompleteError:
+                    pass
             columns = tuple(Column(n, d) for n, d in desc) if desc else None
             rows = list(itertools.islice(cur, first))
         except apsw.ExecTraceAbort:
@@ -122,6 +136,9 @@ class LibsqlConnection:
         except apsw.Error as exc:
             self._close_cursor(cur)
             self._raise(exc)
+        except UnicodeDecodeError as exc:
+            self._close_cursor(cur)
+            raise _not_utf8(exc) from None
         if len(rows) < first:
             self._close_cursor(cur)
             return columns, rows, None
@@ -136,6 +153,9 @@ class LibsqlConnection:
         except apsw.Error as exc:
             self.finish(handle)
             self._raise(exc)
+        except UnicodeDecodeError as exc:
+            self.finish(handle)
+            raise _not_utf8(exc) from None
         if len(rows) < n:
             self.finish(handle)
             return rows, True

@@ -20,7 +20,7 @@ import sqlite3 as _std
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 
 from sqld import sqltext
@@ -115,6 +115,8 @@ def _class_for_code(code: int):
 
 
 def _class_for_sqlstate(state: str):
+    if state == "22021":  # text that is not UTF-8: sqlite3 raises OperationalError on decoding
+        return OperationalError
     cls = state[:2]
     if cls == "23":
         return IntegrityError
@@ -266,6 +268,8 @@ def _bindable(value, i):
 def _bind(sql: str, parameters) -> tuple:
     count, names = _placeholders(sql)
     if isinstance(parameters, Mapping) and not isinstance(parameters, (tuple, list)):
+        if count and len(names) < count:
+            raise ProgrammingError("Binding 1 has no name, but you supplied a dictionary (which has only names).")
         values = [None] * count
         for name, index in names.items():
             if name in parameters:
@@ -275,16 +279,17 @@ def _bind(sql: str, parameters) -> tuple:
             else:
                 raise ProgrammingError(f"You did not supply a value for binding parameter :{name}.")
         return tuple(_bindable(v, i + 1) for i, v in enumerate(values))
-    try:
-        values = list(parameters)
-    except TypeError:
-        raise ProgrammingError("parameters are of unsupported type") from None
-    if len(values) != count:
+    if not isinstance(parameters, Sequence) and not (hasattr(parameters, "__len__")
+                                                     and hasattr(parameters, "__getitem__")):
+        raise ProgrammingError("parameters are of unsupported type")
+    supplied = len(parameters)
+    if supplied != count:
         raise ProgrammingError(
             f"Incorrect number of bindings supplied. The current statement uses {count}, and there are "
-            f"{len(values)} supplied."
+            f"{supplied} supplied."
         )
-    return tuple(_bindable(v, i + 1) for i, v in enumerate(values))
+    # one by one, as sqlite3 does: an adapter may change the sequence under us
+    return tuple(_bindable(parameters[i], i + 1) for i in range(count))
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -296,6 +301,8 @@ class Row:
     __slots__ = ("_names", "_values")
 
     def __init__(self, cursor, values) -> None:
+        if not issubclass(type(cursor), Cursor):
+            raise TypeError("Row() argument 1 must be a Cursor")
         self._names = [d[0] for d in cursor.description]
         self._values = tuple(values)
 
@@ -304,12 +311,13 @@ class Row:
 
     def __getitem__(self, key):
         if isinstance(key, str):
-            low = key.lower()
             for i, name in enumerate(self._names):
-                if name.lower() == low:
+                if name == key or _ascii_lower(name) == _ascii_lower(key):
                     return self._values[i]
             raise IndexError("No item with that key")
-        return self._values[key]
+        if isinstance(key, (int, slice)):
+            return self._values[key]
+        raise IndexError("Index must be int or string")
 
     def __len__(self) -> int:
         return len(self._values)
@@ -329,14 +337,25 @@ class Row:
         return f"<sqld.client.Row object at {id(self):#x}>"
 
 
+def _ascii_lower(text: str) -> str:
+    # sqlite3 compares column names case-insensitively in ASCII only
+    return "".join(c.lower() if c.isascii() else c for c in text)
+
+
+Sequence.register(Row)
+
 # --- cursor -------------------------------------------------------------------------------------
 
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
 class Cursor:
+    _initialized = False
+    _closed = True
+    connection = None
+
     def __init__(self, connection: Connection) -> None:
-        if not isinstance(connection, Connection):
+        if not issubclass(type(connection), Connection):
             raise TypeError("argument 1 must be sqld.client.Connection")
         self.connection = connection
         self.arraysize = 1
@@ -347,13 +366,20 @@ class Cursor:
         self._rows: list = []
         self._pos = 0
         self._closed = False
+        self._initialized = True
 
     def _check(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Cursor.__init__ not called.")
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self.connection._check()
 
     def close(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Cursor.__init__ not called.")
+        if self.connection is not None and self.connection._check_same_thread:
+            self.connection._check_thread()
         self._closed = True
         self._rows = []
 
@@ -379,10 +405,10 @@ class Cursor:
 
     def executescript(self, sql_script):
         self._check()
-        if isinstance(sql_script, bytes):
-            sql_script = sql_script.decode()
         if not isinstance(sql_script, str):
-            raise ValueError("script argument must be unicode.")
+            raise TypeError("script argument must be str")
+        if "\x00" in sql_script:
+            raise ValueError("embedded null character")
         conn = self.connection
         if conn.in_transaction:
             conn._call(lambda: conn._wire.run("COMMIT"))
@@ -393,6 +419,8 @@ class Cursor:
 
     def _run(self, sql: str, seq, many: bool) -> None:
         conn = self.connection
+        if "\x00" in sql:
+            raise ProgrammingError("the query contains a null character")
         statements = sqltext.parse(sql)
         if len(statements) > 1:
             raise ProgrammingError("You can only execute one statement at a time.")
@@ -462,6 +490,7 @@ class Cursor:
 # --- connection ---------------------------------------------------------------------------------
 
 _LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+CONNECT_TIMEOUT = 10.0
 
 
 def _target(database, uri: bool, host, port, user, password):
@@ -492,6 +521,11 @@ def _target(database, uri: bool, host, port, user, password):
 class Connection:
     """sqlite3.Connection over a sqld session."""
 
+    _wire = None
+    _initialized = False
+    _isolation_level = ""
+    _check_same_thread = False
+
     Warning = Warning
     Error = Error
     InterfaceError = InterfaceError
@@ -517,17 +551,21 @@ class Connection:
         self.isolation_level = isolation_level
         h, p, u, pw, name = _target(database, uri, host, port, user, password)
         try:
-            self._wire = WireConnection(h, p, user=u, database=name, password=pw, timeout=timeout)
+            # sqlite3's timeout is how long to wait for a lock: the server's lock_timeout.
+            self._wire = WireConnection(h, p, user=u, database=name, password=pw, timeout=CONNECT_TIMEOUT,
+                                        lock_timeout=timeout)
         except WireError as exc:
             raise OperationalError(f"unable to open database: {exc}") from None
         except ServerError as exc:
             err = _error(exc)
             raise OperationalError(f"unable to open database: {err}") from None
+        self._initialized = True
 
     # -- sqlite3 attributes -------------------------------------------------------------------
 
     @property
     def isolation_level(self):
+        self._check_init()
         return self._isolation_level
 
     @isolation_level.setter
@@ -535,7 +573,7 @@ class Connection:
         if value is not None:
             if not isinstance(value, str):
                 raise TypeError("isolation_level must be str or None")
-            if value.upper() not in _LEVELS:
+            if str.upper(value) not in _LEVELS:
                 raise ValueError(
                     "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
         if value is None and self._wire is not None and self.in_transaction:
@@ -554,9 +592,17 @@ class Connection:
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _check_init(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
+
     def _check(self) -> None:
+        self._check_init()
         if self._wire is None or self._wire.closed:
             raise ProgrammingError("Cannot operate on a closed database.")
+        self._check_thread()
+
+    def _check_thread(self) -> None:
         if self._check_same_thread and threading.get_ident() != self._thread:
             raise ProgrammingError(
                 "SQLite objects created in a thread can only be used in that same thread. The object was "
@@ -597,7 +643,8 @@ class Connection:
             for v, conv in zip(row, funcs):
                 if conv is not None and v is not None:
                     raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
-                    values.append(conv(raw))
+                    # sqlite3 gets no pointer for an empty BLOB and gives None, not a conversion
+                    values.append(conv(raw) if raw or not isinstance(v, bytes) else None)
                 elif type(v) is str and tf is not str:
                     values.append(tf(v.encode("utf-8")) if tf is not None else v)
                 else:
@@ -610,7 +657,7 @@ class Connection:
     def cursor(self, factory=Cursor):
         self._check()
         cur = factory(self)
-        if not isinstance(cur, Cursor):
+        if not issubclass(type(cur), Cursor):
             raise TypeError("factory must return a cursor, not " + type(cur).__name__)
         return cur
 
@@ -634,8 +681,8 @@ class Connection:
             self._call(lambda: self._wire.run("ROLLBACK"))
 
     def close(self) -> None:
-        if self._check_same_thread and threading.get_ident() != self._thread and self._wire is not None:
-            self._check()
+        self._check_init()
+        self._check_thread()
         if self._wire is not None:
             self._wire.close()
 
@@ -663,17 +710,34 @@ class Connection:
     # In-process features of sqlite3 a server cannot offer: user functions run in the client's
     # process, the database runs in the server's.
     def _not_supported(self, *args, **kwargs):
+        self._check()
         raise NotSupportedError("not supported by sqld.client: the database runs in the server, not this process")
 
     create_function = create_aggregate = create_window_function = create_collation = _not_supported
     set_authorizer = set_progress_handler = set_trace_callback = _not_supported
     enable_load_extension = load_extension = backup = blobopen = serialize = deserialize = _not_supported
-    setlimit = getlimit = iterdump = _not_supported
+    setlimit = getlimit = iterdump = __call__ = _not_supported
 
 
-def connect(database, timeout: float = 5.0, detect_types: int = 0, isolation_level: str | None = "",
-            check_same_thread: bool = True, factory=Connection, cached_statements: int = 128, uri: bool = False,
-            **kwargs):
-    """Connect to a sqld server's database (see the module docstring for ``database``)."""
-    return factory(database, timeout, detect_types, isolation_level, check_same_thread, factory,
-                   cached_statements, uri, **kwargs)
+def connect(*args, **kwargs):
+    """Connect to a sqld server's database (see the module docstring for ``database``).
+
+    Takes sqlite3.connect's arguments; like sqlite3, it hands them all to ``factory``."""
+    factory = kwargs.get("factory", args[5] if len(args) > 5 else Connection)
+    return factory(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "OptimizedUnicode":
+        import warnings
+
+        warnings.warn("OptimizedUnicode is deprecated; use str", DeprecationWarning, stacklevel=2)
+        return str
+    raise AttributeError(f"module 'sqld.client' has no attribute {name!r}")
+
+
+def enable_shared_cache(enable: int) -> None:
+    """Accepted for compatibility (SQLite's shared cache is a server-side matter here)."""
+    import warnings
+
+    warnings.warn("enable_shared_cache is deprecated", DeprecationWarning, stacklevel=2)

@@ -58,7 +58,7 @@ def _param(value) -> tuple[int, bytes | None]:
     if tp is float:
         return t.FLOAT8, struct.pack("!d", value)
     if tp is str:
-        return t.TEXT, value.encode("utf-8", "surrogatepass")
+        return t.TEXT, value.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, as sqlite3
     if tp is bytes:
         return t.BYTEA, value
     raise TypeError(f"type {tp.__name__!r} is not supported")
@@ -66,7 +66,8 @@ def _param(value) -> tuple[int, bytes | None]:
 
 class WireConnection:
     def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
-                 timeout: float | None = 5.0, application_name: str = "sqld.client") -> None:
+                 timeout: float | None = 5.0, application_name: str = "sqld.client",
+                 lock_timeout: float | None = None) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -80,8 +81,10 @@ class WireConnection:
         self.key: m.BackendKeyData | None = None
         self.total_changes = 0
         self.closed = False
-        self._send(m.StartupMessage({"user": user, "database": database, EXT_PARAM: "1",
-                                     "application_name": application_name}).encode())
+        startup = {"user": user, "database": database, EXT_PARAM: "1", "application_name": application_name}
+        if lock_timeout is not None:  # sqlite3's timeout=0: do not wait at all (1 ms here)
+            startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
+        self._send(m.StartupMessage(startup).encode())
         while True:
             msg = self._recv()
             if isinstance(msg, m.Authentication):

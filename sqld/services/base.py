@@ -41,6 +41,7 @@ class SessionState:
     settings: dict[str, str] = attrs.Factory(dict)
     reported: dict[str, str] = attrs.Factory(dict)
     statement_timeout: float | None = None  # seconds
+    lock_timeout: float | None = None  # seconds a statement may wait for the writer
     cancel_requested: bool = False
     executing: bool = False
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
@@ -51,6 +52,16 @@ class SessionState:
 
     def cancelled(self) -> bool:
         return self.cancel_requested
+
+    def wait_limit(self):
+        """How long a statement may wait for the writer, and the error when it waited too long."""
+        from sqld.errors import LockNotAvailable, QueryCanceled
+
+        st, lk = self.statement_timeout, self.lock_timeout
+        if lk and (not st or lk < st):
+            return lk, LockNotAvailable
+        return st, lambda: QueryCanceled("canceling statement due to statement timeout",
+                                         detail="It waited for the writer, held by another session's transaction.")
 
 
 # --- requests -------------------------------------------------------------------------------

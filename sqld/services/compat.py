@@ -215,6 +215,8 @@ class CompatService:
     def _assign(self, name: str, value: str) -> None:
         if name == "statement_timeout":
             self.state.statement_timeout = parse_timeout(value) if value else self.default_timeout
+        if name == "lock_timeout":
+            self.state.lock_timeout = parse_timeout(value) if value else None
         if name in ("server_version", "server_encoding", "integer_datetimes", "server_version_num"):
             raise SqldError(f'parameter "{name}" cannot be changed', sqlstate="55P02")
         self.state.settings[name] = value

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 MAIN = "main"
 PRIVATE = ":memory:"
-# Letters, digits, '_', '-', '.', not starting with '.': no path can escape the folder.
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}")
+# No separators, control characters or leading '.': no name can escape the folder.
+_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,62}")
 
 
 class UnknownDatabase(SqldError):
@@ -78,7 +78,8 @@ class Databases:
         if not _NAME.fullmatch(name) or ".." in name:
             raise UnknownDatabase(
                 f'invalid database name "{name[:80]}"',
-                hint="A database name is up to 63 letters, digits, '_', '-' or '.', not starting with '.'.",
+                hint="A database name is up to 63 characters, without '/', '\\' or control characters, "
+                "not starting with '.'.",
             )
         if not self.folder_mode:
             raise UnknownDatabase(f'database "{name}" does not exist',

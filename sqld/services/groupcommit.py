@@ -75,9 +75,10 @@ class CommitGroup:
         self.groups = 0      # statistics: groups committed …
         self.statements = 0  # … and the statements in them
 
-    async def submit(self, write: Write, timeout: float | None) -> Write:
+    async def submit(self, write: Write, timeout: float | None, error=None) -> Write:
         """Queue a write and wait for its group to commit; a timeout only stops a write that
-        has not started (one that started is waited for: its group may commit it)."""
+        has not started (one that started is waited for: its group may commit it), with
+        ``error()`` (a statement or lock timeout)."""
         self.queue.append(write)
         self._wake.set()
         if timeout:
@@ -86,8 +87,7 @@ class CommitGroup:
             if not write.done.is_set():
                 if not write.started:
                     self.queue.remove(write)
-                    raise QueryCanceled("canceling statement due to statement timeout",
-                                        detail="It waited for the writer.")
+                    raise error()
                 with anyio.CancelScope(shield=True):
                     await write.done.wait()
         else:

@@ -149,6 +149,13 @@ class Scheduler:
         self._info_cache.clear()
         self._decltypes_cache.clear()
         self.described.clear()
+        # SQLite notices another connection's schema change when a read begins, not when a
+        # statement is prepared: make idle readers look now, so describing sees the new schema.
+        for reader in self._idle_readers:
+            try:
+                reader.run("select 1 from sqlite_schema limit 0")
+            except SqldError:
+                pass
 
     def decltypes(self, conn: Connection, table: str) -> dict[str, str | None]:
         d = self._decltypes_cache.get(table)
@@ -304,15 +311,12 @@ class SchedulerService:
             return
         except anyio.WouldBlock:
             pass
-        timeout = self.state.statement_timeout
+        timeout, error = self.state.wait_limit()
         if timeout:
             with anyio.move_on_after(timeout) as scope:
                 await lock.acquire()
             if scope.cancelled_caught:
-                raise QueryCanceled(
-                    "canceling statement due to statement timeout",
-                    detail="It waited for the writer, held by another session's transaction.",
-                )
+                raise error()
         else:
             await lock.acquire()
 
@@ -466,7 +470,7 @@ class SchedulerService:
             self.state.cancel_requested = False
             self.state.executing = True
             try:
-                await self.s.group.submit(write, self.state.statement_timeout)
+                await self.s.group.submit(write, *self.state.wait_limit())
             finally:
                 self.state.executing = False
             return ResultCursor(self, None, write.columns, write.rows, None, verb, None, write.changes,

@@ -10,7 +10,7 @@ A request from ``PgConnection`` passes through, in order:
 from __future__ import annotations
 
 from sqld.services.base import SessionState
-from sqld.services.compat import CompatService
+from sqld.services.compat import CompatService, parse_timeout
 from sqld.services.databases import PRIVATE, Databases
 from sqld.services.logging import LoggingService
 from sqld.services.scheduler import Scheduler
@@ -26,6 +26,8 @@ class SessionStackFactory:
 
     async def __call__(self, state: SessionState):
         state.statement_timeout = self.statement_timeout
+        if state.settings.get("lock_timeout", "0") != "0":  # a startup parameter, as PostgreSQL allows
+            state.lock_timeout = parse_timeout(state.settings["lock_timeout"])
         if self.statement_timeout:
             state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
         if isinstance(self.databases, Scheduler):

@@ -216,7 +216,7 @@ def test_url_and_errors_connecting(sqld_server):
     with pytest.raises(client.ProgrammingError, match="closed database"):
         c.execute("select 1")
     with pytest.raises(client.OperationalError, match="cannot connect"):
-        client.connect(f"sqld://tester@{sqld_server.host}:1/x", timeout=2)
+        client.connect(f"sqld://tester@{sqld_server.host}:1/x")
 
 
 def test_interrupt_cancels_a_running_statement(conn):
