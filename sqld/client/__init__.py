@@ -163,9 +163,21 @@ def register_converter(name: str, converter) -> None:
 
 
 def adapt(obj, proto=PrepareProtocol, alt=None):
+    """sqlite3's adaptation (PEP 246): a registered adapter, the protocol's __adapt__,
+    the object's __conform__, else ``alt``."""
     adapter = adapters.get((type(obj), proto))
     if adapter is not None:
         return adapter(obj)
+    adapt_ = getattr(proto, "__adapt__", None)
+    if adapt_ is not None:
+        adapted = adapt_(obj)
+        if adapted is not None:
+            return adapted
+    conform = getattr(obj, "__conform__", None)
+    if conform is not None:
+        adapted = conform(proto)
+        if adapted is not None:
+            return adapted
     if alt is not None:
         return alt
     raise ProgrammingError("can't adapt")
@@ -244,16 +256,19 @@ def _placeholders(sql: str) -> tuple[int, dict[str, int]]:
 
 def _bindable(value, i):
     tp = type(value)
+    adapter = adapters.get((tp, PrepareProtocol)) if adapters else None
+    if adapter is not None:  # registered adapters win, for base types too (as in sqlite3)
+        value = adapter(value)
+        return _bindable(value, i) if type(value) is not tp else value
     if value is None or tp in (int, float, str, bytes):
         return value
     if tp in (bytearray, memoryview):
         return bytes(value)
-    adapter = adapters.get((tp, PrepareProtocol))
-    if adapter is not None:
-        value = adapter(value)
-        return _bindable(value, i) if type(value) is not tp else value
     if hasattr(value, "__conform__"):
-        conformed = value.__conform__(PrepareProtocol)
+        try:
+            conformed = value.__conform__(PrepareProtocol)
+        except Exception:
+            raise ProgrammingError(f"Error binding parameter {i}: type '{tp.__name__}' is not supported") from None
         if conformed is not None:
             return _bindable(conformed, i)
     if isinstance(value, int):

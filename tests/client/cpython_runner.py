@@ -55,9 +55,6 @@ EXCLUDED_TESTS = {
     "test_dbapi.ConnectionTests.test_connection_bad_reinit": "TO CLOSE: calling __init__ again on an open connection",
     "test_dbapi.CursorTests.test_column_count": "TO CLOSE: description of an empty result of a cached statement after ALTER TABLE",
     "test_regression.RegressionTests.test_error_msg_decode_error": "TO CLOSE: the message names the text but not the column",
-    "test_types.ObjectAdaptationTests.test_caster_is_used": "TO CLOSE: adaptation protocol details",
-    "test_types.ObjectAdaptationTests.test_custom_proto": "TO CLOSE: adaptation protocol details",
-    "test_types.DeclTypesTests.test_error_in_conform": "TO CLOSE: adaptation protocol details",
 }
 
 

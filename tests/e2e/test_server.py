@@ -233,3 +233,18 @@ def test_million_rows_stream_with_bounded_memory(sqld_server):
     assert row == (1_000_000, "row number 1000000", 1_500_000.0)
     growth = (peak - base) / 1e6
     assert growth < 100, f"server RSS grew {growth:.0f} MB while streaming"
+
+
+def test_lock_timeout_bounds_the_wait_for_the_writer(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(v integer)")
+    with psycopg.connect(sqld_server.dsn()) as a, psycopg.connect(sqld_server.dsn(), autocommit=True) as b:
+        a.execute(f"insert into {table_name} values (1)")  # holds the writer
+        b.execute("set lock_timeout = '100ms'")
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            b.execute(f"insert into {table_name} values (2)")
+        assert time.monotonic() - start < 5
+        a.commit()
+        b.execute(f"insert into {table_name} values (3)")
+        assert b.execute(f"select v from {table_name} order by v").fetchall() == [(1,), (3,)]
