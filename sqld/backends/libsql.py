@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import apsw
-import apsw.ext
 
 from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsWriter, StatementInfo
 from sqld.errors import SqldError, from_sqlite
@@ -103,14 +102,32 @@ class LibsqlConnection:
     # -- statements -----------------------------------------------------------------------
 
     def info(self, sql: str) -> StatementInfo:
+        """Prepare ``sql`` (freshly: a cached statement may predate a schema change) and say
+        what it takes and returns, without running it."""
+        got: dict[str, Any] = {}
+
+        def trace(cursor, first: str, bindings) -> bool:
+            got.update(desc=cursor.get_description(), readonly=cursor.is_readonly,
+                       count=cursor.bindings_count, rest=sql[len(first):])
+            return False  # stop before the first step: nothing runs
+
+        cur = self.apsw.cursor()
+        cur.exec_trace = trace
         try:
-            q = apsw.ext.query_info(self.apsw, sql)
+            # apsw.ext.query_info binds NULLs with this same object to prepare without values
+            cur.execute(sql, apsw._null_bindings, can_cache=False)
+        except apsw.ExecTraceAbort:
+            pass
         except apsw.Error as exc:
             raise from_sqlite(exc) from None
-        if q.query_remaining and q.query_remaining.strip(" \t\r\n;"):
+        finally:
+            self._close_cursor(cur)
+        if not got:  # an empty statement
+            return StatementInfo(columns=(), param_count=0, readonly=True)
+        if got["rest"].strip(" \t\r\n;"):
             raise SqldError("cannot insert multiple commands into a prepared statement", sqlstate="42601")
-        cols = tuple(Column(name, decl) for name, decl in (q.description or ()))
-        return StatementInfo(columns=cols, param_count=q.bindings_count, readonly=bool(q.is_readonly))
+        cols = tuple(Column(name, decl) for name, decl in (got["desc"] or ()))
+        return StatementInfo(columns=cols, param_count=got["count"], readonly=bool(got["readonly"]))
 
     def start(self, sql: str, params: Sequence[Any], first: int):
         cur = self.apsw.cursor()
@@ -119,15 +136,13 @@ class LibsqlConnection:
             self._needs_writer = False
             cur.execute(sql, params)
             desc = self._description
-            if desc:
-                try:
-                    # After the first step: a statement SQLite re-prepared for a changed
-                    # schema (ALTER TABLE … ADD) may have other columns than at prepare.
-                    desc = cur.get_description()
-                except apsw.ExecutionCompleteError:
-                    pass
-            columns = tuple(Column(n, d) for n, d in desc) if desc else None
             rows = list(itertools.islice(cur, first))
+            if desc and (not rows or len(rows[0]) != len(desc)):
+                # A cached statement that SQLite re-prepared for a new schema (ALTER TABLE …
+                # ADD) keeps apsw's old description; with no row there is none after a step
+                # either. Prepare afresh to know the columns.
+                desc = [(c.name, c.decltype) for c in self.info(sql).columns] or desc
+            columns = tuple(Column(n, d) for n, d in desc) if desc else None
         except apsw.ExecTraceAbort:
             self._close_cursor(cur)
             if self._needs_writer:

@@ -14,6 +14,7 @@ comes back with its SQLite storage class (the sqld protocol extension, docs/prot
 from __future__ import annotations
 
 import datetime
+import functools
 import getpass
 import os
 import sqlite3 as _std
@@ -234,6 +235,7 @@ def enable_callback_tracebacks(flag: bool) -> None:
 # --- parameters ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _placeholders(sql: str) -> tuple[int, dict[str, int]]:
     """SQLite's numbering of a statement's parameters: (count, name → index)."""
     count = 0
@@ -568,7 +570,7 @@ class Connection:
         try:
             # sqlite3's timeout is how long to wait for a lock: the server's lock_timeout.
             self._wire = WireConnection(h, p, user=u, database=name, password=pw, timeout=CONNECT_TIMEOUT,
-                                        lock_timeout=timeout)
+                                        lock_timeout=timeout, cache_size=cached_statements)
         except WireError as exc:
             raise OperationalError(f"unable to open database: {exc}") from None
         except ServerError as exc:

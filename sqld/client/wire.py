@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections import OrderedDict
 
 import attrs
 
@@ -67,7 +68,7 @@ def _param(value) -> tuple[int, bytes | None]:
 class WireConnection:
     def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
                  timeout: float | None = 5.0, application_name: str = "sqld.client",
-                 lock_timeout: float | None = None) -> None:
+                 lock_timeout: float | None = None, cache_size: int = 128) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -81,6 +82,10 @@ class WireConnection:
         self.key: m.BackendKeyData | None = None
         self.total_changes = 0
         self.closed = False
+        self.cache_size = cache_size
+        self._statements: OrderedDict[tuple, str] = OrderedDict()  # (sql, param OIDs) → name
+        self._counter = 0
+        self._pending_close: list[str] = []
         startup = {"user": user, "database": database, EXT_PARAM: "1", "application_name": application_name}
         if lock_timeout is not None:  # sqlite3's timeout=0: do not wait at all (1 ms here)
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
@@ -145,16 +150,46 @@ class WireConnection:
     # -- statements -------------------------------------------------------------------------
 
     def run(self, sql: str, params: tuple = ()) -> Result:
-        """One statement with bound parameters, all its rows, one round trip."""
+        """One statement with bound parameters, all its rows, one round trip.
+
+        Statements are prepared once per (SQL, parameter types) and kept by name, up to
+        ``cache_size``; the least recently used is closed on the server when one more comes.
+        """
         encoded = [_param(v) for v in params]
-        self._send(b"".join((
-            m.Parse("", sql, tuple(oid for oid, _ in encoded)).encode(),
-            m.Bind("", "", (1,), tuple(raw for _, raw in encoded), (t.TYPED_FORMAT,)).encode(),
+        oids = tuple(oid for oid, _ in encoded)
+        key = (sql, oids)
+        parts = [m.Close(b"S", n).encode() for n in self._pending_close]
+        self._pending_close.clear()
+        name = self._statements.pop(key, None)
+        prepared_now = name is None
+        if name is None:
+            if self.cache_size <= 0:
+                name = ""
+            else:
+                self._counter += 1
+                name = f"sqld_client_{self._counter}"
+                if len(self._statements) >= self.cache_size:
+                    _, old = self._statements.popitem(last=False)
+                    parts.append(m.Close(b"S", old).encode())
+            parts.append(m.Parse(name, sql, oids).encode())
+        if name:
+            self._statements[key] = name  # most recently used last
+        parts += (
+            m.Bind("", name, (1,), tuple(raw for _, raw in encoded), (t.TYPED_FORMAT,)).encode(),
             m.Describe(b"P", "").encode(),
             m.Execute("", 0).encode(),
             m.SYNC.encode(),
-        )))
-        return self._results(single=True)[0]
+        )
+        self._send(b"".join(parts))
+        try:
+            return self._results(single=True)[0]
+        except ServerError:
+            if prepared_now and name:
+                # It may not have been prepared at all: forget it, and close it at the next
+                # round trip in case it was (Close of an unknown name is no error).
+                self._statements.pop(key, None)
+                self._pending_close.append(name)
+            raise
 
     def script(self, sql: str) -> list[Result]:
         """A simple Query: several statements, each committed as it runs (no parameters)."""

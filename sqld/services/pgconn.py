@@ -63,6 +63,16 @@ class PreparedStatement:
     row_oids: tuple[int, ...] | None = None    # fixed once the client saw a RowDescription
     encoders: dict = attrs.Factory(dict)       # result formats → encoders (with row_oids)
     descriptions: dict = attrs.Factory(dict)   # result formats → encoded RowDescription
+    described: Any = None                      # the Describe answer the above came from
+
+    def refresh(self, described) -> None:
+        """The schema changed since Parse: take the statement's columns anew, as SQLite
+        re-prepares a statement whose schema changed (PostgreSQL would refuse it)."""
+        self.described = described
+        self.columns = described.info.columns or None
+        self.row_oids = None
+        self.encoders.clear()
+        self.descriptions.clear()
 
 
 @attrs.define(eq=False)
@@ -392,7 +402,7 @@ class PgConnection:
                     elif i < len(desc.param_decltypes):
                         oid = t.oid_for_decltype(desc.param_decltypes[i]) or 0
                 types.append(oid or t.TEXT)
-            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None)
+            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None, described=desc)
         self.statements[msg.name] = ps
         self.write(_PARSE_COMPLETE)
 
@@ -400,6 +410,12 @@ class PgConnection:
         ps = self.statements.get(msg.statement)
         if ps is None:
             raise SqldError(f'prepared statement "{msg.statement}" does not exist', sqlstate="26000")
+        if ps.described is not None:
+            # Describe answers are cached until the schema changes: the same object means
+            # the statement's columns are as they were.
+            described = await self.service(Describe(ps.statement))
+            if described is not ps.described:
+                ps.refresh(described)
         n = len(ps.param_types)
         if len(msg.params) != n:
             raise ProtocolViolation(

@@ -53,7 +53,6 @@ EXCLUDED_TESTS = {
     # Not in-process features: differences still to close (see the notes).
     "test_dbapi.ConnectionTests.test_connection_reinit": "TO CLOSE: calling __init__ again on an open connection",
     "test_dbapi.ConnectionTests.test_connection_bad_reinit": "TO CLOSE: calling __init__ again on an open connection",
-    "test_dbapi.CursorTests.test_column_count": "TO CLOSE: description of an empty result of a cached statement after ALTER TABLE",
     "test_regression.RegressionTests.test_error_msg_decode_error": "TO CLOSE: the message names the text but not the column",
 }
 
