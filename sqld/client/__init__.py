@@ -381,6 +381,7 @@ class Cursor:
         self.rowcount = -1
         self.lastrowid = None
         self._rows: list = []
+        self._funcs: list = []
         self._pos = 0
         self._closed = False
         self._initialized = True
@@ -467,9 +468,11 @@ class Cursor:
         if result.has_rows:
             self.description = tuple((conn._column_name(n), None, None, None, None, None, None)
                                      for n in result.names)
-            self._rows = conn._convert(result)
+            self._rows = result.rows
+            self._funcs = conn._converters(result)
 
     def _make(self, values):
+        values = self.connection._convert_row(values, self._funcs)
         factory = self.row_factory
         return factory(self, values) if factory is not None else values
 
@@ -558,7 +561,10 @@ class Connection:
                  check_same_thread: bool = True, factory=None, cached_statements: int = 128, uri: bool = False,
                  *, host: str | None = None, port: int | None = None, user: str | None = None,
                  password: str | None = None) -> None:
-        self._wire = None
+        old, self._wire = self._wire, None
+        self._initialized = False  # until this (re-)initialisation succeeds
+        if old is not None:
+            old.close()
         self._thread = threading.get_ident()
         self._check_same_thread = check_same_thread
         self.detect_types = detect_types
@@ -638,9 +644,8 @@ class Connection:
             return name.split(" [", 1)[0]
         return name
 
-    def _convert(self, result: Result) -> list:
-        """Rows with text_factory and the converters of PARSE_DECLTYPES / PARSE_COLNAMES applied."""
-        rows = result.rows
+    def _converters(self, result: Result) -> list:
+        """Per column, the converter PARSE_DECLTYPES / PARSE_COLNAMES picks (or None)."""
         funcs = [None] * len(result.names)
         if self.detect_types:
             for i, name in enumerate(result.names):
@@ -651,23 +656,24 @@ class Connection:
                     key = result.decltypes[i].split("(")[0].split()[0].upper()
                     conv = converters.get(key)
                 funcs[i] = conv
+        return funcs
+
+    def _convert_row(self, row: tuple, funcs: list) -> tuple:
+        """A row as sqlite3 returns it at fetch time: converters, then text_factory."""
         tf = self.text_factory
-        if not any(funcs) and tf is str:
-            return rows
-        out = []
-        for row in rows:
-            values = []
-            for v, conv in zip(row, funcs):
-                if conv is not None and v is not None:
-                    raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
-                    # sqlite3 gets no pointer for an empty BLOB and gives None, not a conversion
-                    values.append(conv(raw) if raw or not isinstance(v, bytes) else None)
-                elif type(v) is str and tf is not str:
-                    values.append(tf(v.encode("utf-8")) if tf is not None else v)
-                else:
-                    values.append(v)
-            out.append(tuple(values))
-        return out
+        if tf is str and not any(funcs):
+            return row
+        values = []
+        for v, conv in zip(row, funcs):
+            if conv is not None and v is not None:
+                raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
+                # sqlite3 gets no pointer for an empty BLOB and gives None, not a conversion
+                values.append(conv(raw) if raw or not isinstance(v, bytes) else None)
+            elif type(v) is str and tf is not str:
+                values.append(tf(v.encode("utf-8")) if tf is not None else v)
+            else:
+                values.append(v)
+        return tuple(values)
 
     # -- sqlite3 methods ----------------------------------------------------------------------
 
