@@ -622,6 +622,8 @@ class Connection:
     def _check(self) -> None:
         self._check_init()
         if self._wire is None or self._wire.closed:
+            if self._wire is not None and self._wire.lost:
+                raise OperationalError(self._wire.lost)
             raise ProgrammingError("Cannot operate on a closed database.")
         self._check_thread()
 

@@ -82,6 +82,7 @@ class WireConnection:
         self.key: m.BackendKeyData | None = None
         self.total_changes = 0
         self.closed = False
+        self.lost: str | None = None  # why the server ended the session, if it did
         self.cache_size = cache_size
         self._statements: OrderedDict[tuple, str] = OrderedDict()  # (sql, param OIDs) → name
         self._counter = 0
@@ -140,6 +141,7 @@ class WireConnection:
 
     def _broken(self, exc):
         self.closed = True
+        self.lost = f"the connection to sqld was lost{': ' + str(exc) if exc else ''}"
         try:
             self.sock.close()
         except OSError:
@@ -226,6 +228,14 @@ class WireConnection:
                 current = Result()
             elif kind is m.ErrorResponse:
                 error = ServerError(msg)
+                if msg.severity == "FATAL":  # the server ends the session after this
+                    self.closed = True
+                    self.lost = f"the server ended the session: {msg.message}"
+                    try:
+                        self.sock.close()
+                    except OSError:
+                        pass
+                    raise error
             elif kind is m.ReadyForQuery:
                 self.status = msg.status
                 if error is not None:

@@ -240,3 +240,16 @@ def test_module_attributes():
     assert client.SQLITE_CONSTRAINT == sqlite3.SQLITE_CONSTRAINT
     assert client.complete_statement("select 1;") and not client.complete_statement("select 1")
     assert client.Binary(b"x") == b"x"
+
+
+def test_server_gone_mid_query_raises_and_nothing_is_retried(start_sqld):
+    server = start_sqld()
+    c = client.connect(f"sqld://tester@{server.host}:{server.port}/gone", isolation_level=None)
+    c.execute("create table t(v)")
+    c.execute("insert into t values (1)")
+    threading.Timer(0.5, lambda: server.stop()).start()
+    with pytest.raises(client.OperationalError):
+        c.execute("with recursive s(n) as (select 1 union all select n + 1 from s where n < 1000000000) "
+                  "select count(*) from s")
+    with pytest.raises(client.OperationalError):  # the connection is gone, and says so
+        c.execute("select 1")
