@@ -32,11 +32,13 @@ def database_file(db_path: str | os.PathLike) -> Path:
     return p / "main.db"
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> SqldError:
-    """A TEXT value that is not UTF-8 (SQLite stores what it is given; CAST(blob AS TEXT))."""
+def _not_utf8(exc: UnicodeDecodeError, names=()) -> SqldError:
+    """A TEXT value that is not UTF-8 (SQLite stores what it is given; CAST(blob AS TEXT)).
+    apsw does not say which column; with one column, that one (sqlite3's message)."""
     text = exc.object[: exc.start][:40].decode("utf-8", "replace") if isinstance(exc.object, bytes) else ""
-    return SqldError(f"Could not decode to UTF-8 text '{text}…': invalid byte sequence for encoding \"UTF8\"",
-                     sqlstate="22021", hint="Read the value as a BLOB (CAST(x AS BLOB)).")
+    column = f"column '{names[0]}'" if len(names) == 1 else "a column"
+    return SqldError(f"Could not decode to UTF-8 {column} with text '{text}'", sqlstate="22021",
+                     hint="Read the value as a BLOB (CAST(x AS BLOB)).")
 
 
 class LibsqlConnection:
@@ -153,7 +155,7 @@ class LibsqlConnection:
             self._raise(exc)
         except UnicodeDecodeError as exc:
             self._close_cursor(cur)
-            raise _not_utf8(exc) from None
+            raise _not_utf8(exc, [d[0] for d in (self._description or ())]) from None
         if len(rows) < first:
             self._close_cursor(cur)
             return columns, rows, None
@@ -169,8 +171,9 @@ class LibsqlConnection:
             self.finish(handle)
             self._raise(exc)
         except UnicodeDecodeError as exc:
+            names = [d[0] for d in handle.get_description()] if handle in self._open else []
             self.finish(handle)
-            raise _not_utf8(exc) from None
+            raise _not_utf8(exc, names) from None
         if len(rows) < n:
             self.finish(handle)
             return rows, True

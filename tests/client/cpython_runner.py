@@ -50,9 +50,7 @@ EXCLUDED_TESTS = {
     "test_regression.RecursiveUseOfCursors.test_recursive_cursor_init": "as above (recursive cursor use)",
     "test_regression.RecursiveUseOfCursors.test_recursive_cursor_iter": "as above (recursive cursor use)",
     "test_regression.RegressionTests.test_recursive_cursor_use": "as above (recursive cursor use)",
-    # Not in-process features: differences still to close (see the notes).
     "test_dbapi.ConnectionTests.test_connection_bad_reinit": "re-opens a local directory as a database file",
-    "test_regression.RegressionTests.test_error_msg_decode_error": "TO CLOSE: the message names the text but not the column",
 }
 
 
