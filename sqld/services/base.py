@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 import attrs
 
 from sqld.backends.base import Column, StatementInfo
+from sqld.errors import LockNotAvailable, QueryCanceled
 from sqld.sqltext import Statement
 
 Req = TypeVar("Req", contravariant=True)
@@ -55,8 +56,6 @@ class SessionState:
 
     def wait_limit(self):
         """How long a statement may wait for the writer, and the error when it waited too long."""
-        from sqld.errors import LockNotAvailable, QueryCanceled
-
         st, lk = self.statement_timeout, self.lock_timeout
         if lk and (not st or lk < st):
             return lk, LockNotAvailable
