@@ -27,6 +27,14 @@ Layer = Callable[[Service], Service]
 
 
 @attrs.define(eq=False)
+class SchemaClock:
+    """Counts schema changes of one database: a prepared statement described at another
+    count must be described again."""
+
+    value: int = 0
+
+
+@attrs.define(eq=False)
 class SessionState:
     """What one client session carries across requests (shared by every layer).
 
@@ -49,6 +57,7 @@ class SessionState:
     ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
     total_changes: int = 0  # rows changed by this session's statements (sqlite3's total_changes)
     last_rowid: int = 0  # rowid of this session's last INSERT (sqlite3's lastrowid)
+    schema: SchemaClock = attrs.Factory(SchemaClock)  # the session's database's (set by its scheduler)
     deallocate: list[str] = attrs.Factory(list)  # DEALLOCATE names ("*" for ALL) to drop
 
     def cancelled(self) -> bool:

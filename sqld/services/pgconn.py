@@ -64,6 +64,7 @@ class PreparedStatement:
     encoders: dict = attrs.Factory(dict)       # result formats → encoders (with row_oids)
     descriptions: dict = attrs.Factory(dict)   # result formats → encoded RowDescription
     described: Any = None                      # the Describe answer the above came from
+    schema: int = 0                            # the schema clock when it was described
 
     def refresh(self, described) -> None:
         """The schema changed since Parse: take the statement's columns anew, as SQLite
@@ -389,6 +390,7 @@ class PgConnection:
         if stmt.is_empty:
             ps = PreparedStatement(stmt, tuple(msg.param_types), None)
         else:
+            clock = self.state.schema.value  # before describing: a change meanwhile is seen at Bind
             desc = await self.service(Describe(stmt))
             count = max(desc.info.param_count, len(msg.param_types), stmt.param_count)
             hints = dict(stmt.hints)
@@ -402,7 +404,8 @@ class PgConnection:
                     elif i < len(desc.param_decltypes):
                         oid = t.oid_for_decltype(desc.param_decltypes[i]) or 0
                 types.append(oid or t.TEXT)
-            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None, described=desc)
+            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None, described=desc,
+                                   schema=clock)
         self.statements[msg.name] = ps
         self.write(_PARSE_COMPLETE)
 
@@ -410,9 +413,9 @@ class PgConnection:
         ps = self.statements.get(msg.statement)
         if ps is None:
             raise SqldError(f'prepared statement "{msg.statement}" does not exist', sqlstate="26000")
-        if ps.described is not None:
-            # Describe answers are cached until the schema changes: the same object means
-            # the statement's columns are as they were.
+        if ps.described is not None and ps.schema != self.state.schema.value:
+            # The schema changed since this statement was described: describe it again.
+            ps.schema = self.state.schema.value
             described = await self.service(Describe(ps.statement))
             if described is not ps.described:
                 ps.refresh(described)

@@ -32,6 +32,7 @@ from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Inte
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
     Abort,
+    SchemaClock,
     Describe,
     DescribeResult,
     Execute,
@@ -81,6 +82,7 @@ class Scheduler:
     _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
     _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
     described: dict[str, DescribeResult] = attrs.field(factory=dict)  # Describe answers by SQL text
+    schema: SchemaClock = attrs.field(factory=SchemaClock)
     group: CommitGroup = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -102,6 +104,7 @@ class Scheduler:
             conn.create_function(name, nargs, fn)
 
     async def __call__(self, state: SessionState) -> SchedulerService:
+        state.schema = self.schema
         return SchedulerService(self, state)
 
     # -- reader pool ----------------------------------------------------------------------
@@ -146,6 +149,7 @@ class Scheduler:
         self._info_cache[sql] = info
 
     def schema_changed(self) -> None:
+        self.schema.value += 1
         self._info_cache.clear()
         self._decltypes_cache.clear()
         self.described.clear()
