@@ -49,11 +49,14 @@ def _timeout(ctx, param, value):
               help="Enforce FOREIGN KEY constraints (SQLite's PRAGMA foreign_keys) on every connection.")
 @click.option("--create-databases/--no-create-databases", default=True, envvar="SQLD_CREATE_DATABASES",
               show_envvar=True, help="Create a database the first time a client names it (folder mode).")
+@click.option("--replication-log/--no-replication-log", default=False, envvar="SQLD_REPLICATION_LOG",
+              show_envvar=True, help="Keep a replication log beside each database (NAME.db-replog, with a "
+              "snapshot): groundwork for replicas, which are not served yet.")
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
 @click.version_option(__version__, prog_name="sqld")
 def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, synchronous,
-         foreign_keys, create_databases, max_readers):
+         foreign_keys, create_databases, replication_log, max_readers):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -72,7 +75,7 @@ def main(backend, db_path, listen_addr, log_level, max_connections, statement_ti
         backend=backend, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
         max_connections=max_connections, statement_timeout=statement_timeout,
         synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
-        create_databases=create_databases,
+        create_databases=create_databases, replication_log=replication_log,
     )
     try:
         anyio.run(serve, config, backend="asyncio", backend_options={"use_uvloop": _have_uvloop()})
@@ -101,7 +104,7 @@ async def serve(config: Config) -> None:
     databases = Databases(
         config.db_path, create=config.create_databases, synchronous=config.synchronous,
         foreign_keys=config.foreign_keys, max_readers=config.max_readers, inline_budget=config.inline_budget,
-        functions=sql_functions(),
+        functions=sql_functions(), replication_log=config.replication_log,
     )
     databases.open_main()
     try:

@@ -17,6 +17,7 @@ class Config:
     synchronous: str = "full"
     foreign_keys: bool = True
     create_databases: bool = True
+    replication_log: bool = False
     max_readers: int = 8
     inline_budget: int = 20
     max_message_size: int = 64 * 1024 * 1024

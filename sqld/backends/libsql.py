@@ -251,8 +251,10 @@ class LibsqlBackend:
     name = "libsql"
 
     def __init__(self, db_path: str | os.PathLike, *, synchronous: str = "full", foreign_keys: bool = True,
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000, replication_log: bool = False) -> None:
         self.path = database_file(db_path)
+        self.replication_log = replication_log
+        self.capture = None
         self.synchronous = synchronous
         self.foreign_keys = foreign_keys
         self.busy_timeout_ms = busy_timeout_ms
@@ -284,6 +286,10 @@ class LibsqlBackend:
             conn.close()
             raise SqldError(f"cannot use database {self.path}: {exc}") from None
         self._writer = LibsqlConnection(conn, readonly=False)
+        if self.replication_log:
+            from sqld.replication.capture import Capture
+
+            self.capture = Capture(conn, self.path, Path(str(self.path) + "-replog"))
         log.info("opened %s (journal_mode=wal, synchronous=%s)", self.path, self.synchronous)
 
     def writer(self) -> LibsqlConnection:
@@ -312,4 +318,6 @@ class LibsqlBackend:
             w.apsw.execute("pragma wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.Error as exc:
             log.warning("checkpoint at shutdown failed: %s", exc)
+        if self.capture is not None:
+            self.capture.close()
         w.close()

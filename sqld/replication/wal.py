@@ -78,9 +78,13 @@ def read_header(data: bytes) -> WalHeader:
     return WalHeader(page_size, seq, salt1, salt2, big_endian, (c1, c2))
 
 
-def transactions(data: bytes, header: WalHeader | None = None):
+def transactions(data: bytes, header: WalHeader | None = None, offset: int = WAL_HEADER.size,
+                 verify: bool = True, base: int = 0):
     """The committed transactions in a WAL file's bytes, in order.
 
+    ``verify=False`` skips the checksums (for the primary reading its own WAL right after a
+    commit, from ``offset``: the salts still tell this WAL's frames from older ones).
+    ``data`` may hold only the file from offset ``base`` on; offsets are the file's.
     Stops at the first frame that is not valid (salts of another WAL generation, a checksum
     that does not match, a truncated frame): what follows it was never committed, or belongs
     to a WAL that has since been restarted. Frames after the last commit frame are not
@@ -90,17 +94,21 @@ def transactions(data: bytes, header: WalHeader | None = None):
     size = header.page_size
     frame_size = FRAME_HEADER.size + size
     s0, s1 = header.checksum
-    offset = WAL_HEADER.size
+    if offset != WAL_HEADER.size and verify:
+        raise ValueError("checksums chain from the start of the WAL: verify=False to start elsewhere")
     pending: dict[int, bytes] = {}
-    while offset + frame_size <= len(data):
-        pgno, commit_size, salt1, salt2, c1, c2 = FRAME_HEADER.unpack_from(data, offset)
+    end = base + len(data)
+    while offset + frame_size <= end:
+        at = offset - base
+        pgno, commit_size, salt1, salt2, c1, c2 = FRAME_HEADER.unpack_from(data, at)
         if (salt1, salt2) != (header.salt1, header.salt2) or pgno == 0:
             return
-        page = data[offset + FRAME_HEADER.size : offset + frame_size]
-        s0, s1 = checksum(data[offset : offset + 8], s0, s1, header.big_endian)
-        s0, s1 = checksum(page, s0, s1, header.big_endian)
-        if (s0, s1) != (c1, c2):
-            return
+        page = data[at + FRAME_HEADER.size : at + frame_size]
+        if verify:
+            s0, s1 = checksum(data[at : at + 8], s0, s1, header.big_endian)
+            s0, s1 = checksum(page, s0, s1, header.big_endian)
+            if (s0, s1) != (c1, c2):
+                return
         pending[pgno] = page
         offset += frame_size
         if commit_size:

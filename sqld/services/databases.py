@@ -42,12 +42,12 @@ class Databases:
     """
 
     def __init__(self, db_path, *, create: bool = True, synchronous: str = "full", foreign_keys: bool = True,
-                 max_readers: int = 8, inline_budget: int = 20, functions=()) -> None:
+                 max_readers: int = 8, inline_budget: int = 20, functions=(), replication_log: bool = False) -> None:
         self.db_path = Path(db_path)
         self.main_file = database_file(db_path)
         self.folder_mode = self.main_file != self.db_path
         self.create = create
-        self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys)
+        self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys, replication_log=replication_log)
         self._scheduler_options = dict(max_readers=max_readers, inline_budget=inline_budget,
                                        functions=list(functions))
         self.open: dict[str, Scheduler] = {}
@@ -105,7 +105,7 @@ class Databases:
     async def private(self) -> tuple[Scheduler, object]:
         """A database for one session; call the returned function when the session ends."""
         folder = Path(tempfile.mkdtemp(prefix="sqld-private-"))
-        backend = LibsqlBackend(folder / "private.db", synchronous="off", **{"foreign_keys": self._options["foreign_keys"]})
+        backend = LibsqlBackend(folder / "private.db", synchronous="off", foreign_keys=self._options["foreign_keys"])
         backend.open()
         scheduler = Scheduler(backend, **self._scheduler_options)
         scope = anyio.CancelScope()

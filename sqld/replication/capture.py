@@ -1,0 +1,104 @@
+"""The primary's side: every commit's WAL frames go into the replication log.
+
+SQLite calls the writer's WAL hook right after each commit, on the committing thread,
+before another write can begin (the scheduler holds the writer until the call returns), so
+no frame is missed: the capture reads the WAL from where it stopped (or from the start when
+the WAL was restarted: its salts changed) and appends the committed transactions. The hook
+replaces SQLite's automatic checkpoint, so the capture checkpoints the WAL itself once it is
+``checkpoint_pages`` long, after the frames are safe in the log.
+
+A log starts with a snapshot of the database (``<log>.snapshot``, frame 0) to bootstrap
+replicas from. A log found beside a WAL with frames in it (the server stopped without its
+final checkpoint) may lag the database: a new generation starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import apsw
+
+from sqld.replication.log import FrameLog
+from sqld.replication.wal import WAL_HEADER, WalError, read_header, transactions
+
+log = logging.getLogger(__name__)
+
+
+class Capture:
+    def __init__(self, conn: apsw.Connection, db_file: Path, log_path: Path, checkpoint_pages: int = 1000) -> None:
+        self.conn = conn
+        self.wal_path = Path(str(db_file) + "-wal")
+        self.log_path = Path(log_path)
+        self.checkpoint_pages = checkpoint_pages
+        self.offset = WAL_HEADER.size
+        self.salts: tuple[int, int] | None = None
+        self.broken = False
+        page_size = conn.execute("pragma page_size").fetchall()[0][0]
+        had_frames = self.wal_path.exists() and self.wal_path.stat().st_size > WAL_HEADER.size
+        # Start from an empty WAL: what is in it now is in the database after this.
+        conn.execute("pragma wal_checkpoint(truncate)").fetchall()
+        if self.log_path.exists() and had_frames:
+            self._rotate()
+        fresh = not self.log_path.exists()
+        self.log = FrameLog(self.log_path, page_size=page_size)
+        if fresh:
+            self._snapshot()
+        conn.set_wal_hook(self._on_commit)
+
+    def _rotate(self) -> None:
+        old = self.log_path.with_name(self.log_path.name + ".old")
+        log.warning("replication log %s may lag the database: starting a new generation", self.log_path)
+        os.replace(self.log_path, old)
+
+    def _snapshot(self) -> None:
+        """The database as of frame 0 of this log (replicas bootstrap from it)."""
+        target = str(self.log_path) + ".snapshot"
+        tmp = target + ".tmp"
+        dest = apsw.Connection(tmp)
+        with dest.backup("main", self.conn, "main") as b:
+            while not b.done:
+                b.step(-1)
+        dest.execute("pragma journal_mode=delete").fetchall()
+        dest.close()
+        os.replace(tmp, target)
+
+    def _on_commit(self, conn, dbname: str, wal_pages: int) -> int:
+        if dbname != "main":
+            return apsw.SQLITE_OK
+        try:
+            self.capture()
+            if wal_pages >= self.checkpoint_pages:
+                conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except (OSError, WalError, ValueError) as exc:
+            # The commit stands; the log cannot follow it any more. Replicas will have to
+            # bootstrap from a new generation (started at the next restart).
+            if not self.broken:
+                log.error("replication log %s cannot follow the database: %s", self.log_path, exc)
+            self.broken = True
+        return apsw.SQLITE_OK
+
+    def capture(self) -> int:
+        """Append the WAL's newly committed transactions; return how many."""
+        if self.broken:
+            return 0
+        with open(self.wal_path, "rb") as f:
+            head = f.read(WAL_HEADER.size)
+            header = read_header(head)
+            salts = (header.salt1, header.salt2)
+            if salts != self.salts:  # a restarted WAL: its frames start at the beginning
+                self.salts = salts
+                self.offset = WAL_HEADER.size
+            f.seek(self.offset)
+            data = f.read()
+        count = 0
+        for tx in transactions(data, header, offset=self.offset, verify=False, base=self.offset):
+            self.log.append(tx)
+            self.offset = tx.end_offset
+            count += 1
+        return count
+
+    def close(self) -> None:
+        self.conn.set_wal_hook(None)
+        self.log.close()
