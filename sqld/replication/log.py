@@ -103,8 +103,9 @@ class FrameLog:
             self.first_frame = first
         self.file.truncate(self._end)
 
-    def append(self, tx: Transaction) -> int:
-        """Write one committed transaction durably; return its last frame number."""
+    def append(self, tx: Transaction, durable: bool = True) -> int:
+        """Write one committed transaction (fsynced unless ``durable`` is False); return its
+        last frame number."""
         if not tx.pages:
             return self.last_commit
         chunks = []
@@ -121,7 +122,8 @@ class FrameLog:
         self.file.seek(self._end)
         self.file.write(b"".join(chunks))
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if durable:
+            os.fsync(self.file.fileno())
         self._end += len(chunks) * self.record_size
         self.last_frame = self.last_commit = frame
         self._chain = chain
