@@ -68,7 +68,7 @@ class Capture:
         if dbname != "main":
             return apsw.SQLITE_OK
         try:
-            self.capture()
+            self.capture(wal_pages)
             if wal_pages >= self.checkpoint_pages:
                 conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
         except (OSError, WalError, ValueError) as exc:
@@ -79,19 +79,24 @@ class Capture:
             self.broken = True
         return apsw.SQLITE_OK
 
-    def capture(self) -> int:
-        """Append the WAL's newly committed transactions; return how many."""
+    def capture(self, wal_pages: int | None = None) -> int:
+        """Append the WAL's newly committed transactions; return how many. ``wal_pages`` (the
+        frames in the WAL, as the hook says) bounds the read: a restarted WAL is not truncated,
+        and what lies past its frames is an older generation's."""
         if self.broken:
             return 0
-        with open(self.wal_path, "rb") as f:
-            head = f.read(WAL_HEADER.size)
+        with open(self.wal_path, "rb", buffering=0) as f:
+            head = os.pread(f.fileno(), WAL_HEADER.size, 0)
             header = read_header(head)
             salts = (header.salt1, header.salt2)
             if salts != self.salts:  # a restarted WAL: its frames start at the beginning
                 self.salts = salts
                 self.offset = WAL_HEADER.size
-            f.seek(self.offset)
-            data = f.read()
+            if wal_pages is None:
+                end = os.fstat(f.fileno()).st_size
+            else:
+                end = WAL_HEADER.size + wal_pages * (header.page_size + 24)
+            data = os.pread(f.fileno(), max(0, end - self.offset), self.offset)
         count = 0
         for tx in transactions(data, header, offset=self.offset, verify=False, base=self.offset):
             # No fsync: the commit is durable in the WAL already, and a log that a crash cut
