@@ -13,6 +13,7 @@ from sqld import __version__
 from sqld.backends.base import Column, StatementInfo
 from sqld.errors import FeatureNotSupported, InvalidParameterValue, SqldError
 from sqld.pgwire import types as t
+from sqld.services import catalog
 from sqld.services.base import Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
 from sqld.sqltext import Statement
 
@@ -123,6 +124,13 @@ class CompatService:
         rt = type(request)
         if rt is Execute or rt is Describe or rt is Peek:
             stmt = request.statement
+            if catalog.is_listing(stmt):
+                if rt is Execute:
+                    return await catalog.answer(stmt, self.inner, self.state.user)
+                if rt is Peek:
+                    return None
+                return DescribeResult(info=StatementInfo(columns=catalog.columns(stmt), param_count=0, readonly=True),
+                                      param_decltypes=())
             if stmt.verb in COMPAT_VERBS:
                 if rt is Execute:
                     return self.execute(stmt)

@@ -55,6 +55,19 @@ def test_psql_variables_and_show(sqld_server):
     assert lines[1].startswith("PostgreSQL 15")
 
 
+def test_psql_lists_relations(start_sqld):
+    server = start_sqld()
+    psql(server, "-c", "create table alpha(id integer primary key, v text)", "-c", "create index alpha_v on alpha(v)",
+         "-c", "create view beta as select id from alpha", "-c", "create table gamma(x)")
+    out = psql(server, "-At", "-c", "\\dt").stdout.splitlines()
+    assert out == ["main|alpha|table|tester", "main|gamma|table|tester"]
+    out = psql(server, "-At", "-c", "\\d").stdout.splitlines()
+    assert [line.split("|")[1:3] for line in out] == [["alpha", "table"], ["beta", "view"], ["gamma", "table"]]
+    out = psql(server, "-At", "-c", "\\di+ alpha*").stdout.splitlines()
+    assert out[0].split("|")[:5] == ["main", "alpha_v", "index", "tester", "alpha"]
+    assert psql(server, "-At", "-c", "\\dv").stdout.split("|")[1] == "beta"
+
+
 def pgbench(server, script_path, *args, timeout=120):
     cmd = [PGBENCH, "-h", server.host, "-p", str(server.port), "-U", "tester", "-n", "-f", str(script_path), *args, "main"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={"PATH": "/usr/bin:/bin"})
