@@ -124,9 +124,9 @@ class CompatService:
         rt = type(request)
         if rt is Execute or rt is Describe or rt is Peek:
             stmt = request.statement
-            if catalog.is_listing(stmt):
+            if catalog.is_catalog(stmt):
                 if rt is Execute:
-                    return await catalog.answer(stmt, self.inner, self.state.user)
+                    return await catalog.answer_any(stmt, self.inner, self.state.user)
                 if rt is Peek:
                     return None
                 return DescribeResult(info=StatementInfo(columns=catalog.columns(stmt), param_count=0, readonly=True),

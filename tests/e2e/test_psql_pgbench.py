@@ -66,6 +66,12 @@ def test_psql_lists_relations(start_sqld):
     out = psql(server, "-At", "-c", "\\di+ alpha*").stdout.splitlines()
     assert out[0].split("|")[:5] == ["main", "alpha_v", "index", "tester", "alpha"]
     assert psql(server, "-At", "-c", "\\dv").stdout.split("|")[1] == "beta"
+    described = psql(server, "-c", "\\d alpha").stdout
+    assert 'Table "main.alpha"' in described
+    assert [line.split("|")[0].strip() for line in described.splitlines()[3:5]] == ["id", "v"]
+    assert "not null" in described.splitlines()[3]
+    missing = psql(server, "-c", "\\d nothere", check=False)
+    assert 'Did not find any relation named "nothere"' in missing.stderr + missing.stdout
 
 
 def pgbench(server, script_path, *args, timeout=120):
