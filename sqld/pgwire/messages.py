@@ -652,6 +652,42 @@ class PortalSuspended(_Empty):
 
 
 @attrs.frozen
+class CopyInResponse:
+    """'G': the server is ready for CopyData (int8 overall format, int16 count, int16 formats)."""
+
+    type: ClassVar[bytes] = b"G"
+    columns: int
+    format: int = 0
+
+    def encode(self) -> bytes:
+        return frame(self.type, struct.pack("!bh", self.format, self.columns)
+                     + b"".join(_I16.pack(self.format) for _ in range(self.columns)))
+
+    @classmethod
+    def decode_untrusted(cls, payload: bytes):
+        r = _Reader(payload, cls.__name__)
+        fmt = r.byte()[0]
+        n = r.count()
+        for _ in range(n):
+            r.int16()
+        r.end()
+        return cls(n, fmt)
+
+
+@attrs.frozen
+class CopyOutResponse(CopyInResponse):
+    type: ClassVar[bytes] = b"H"
+
+
+def copy_data(data: bytes) -> bytes:
+    """A CopyData message (either direction)."""
+    return frame(b"d", data)
+
+
+COPY_DONE = b"c\x00\x00\x00\x04"
+
+
+@attrs.frozen
 class ParameterDescription:
     type: ClassVar[bytes] = b"t"
     type_oids: tuple[int, ...]
@@ -741,6 +777,7 @@ BACKEND = {
     for cls in (
         Authentication, ParameterStatus, BackendKeyData, ReadyForQuery, RowDescription, DataRow,
         CommandComplete, EmptyQueryResponse, ParseComplete, BindComplete, CloseComplete, NoData,
-        PortalSuspended, ParameterDescription, ErrorResponse, NoticeResponse,
+        PortalSuspended, ParameterDescription, ErrorResponse, NoticeResponse, CopyInResponse,
+        CopyOutResponse,
     )
 }

@@ -21,6 +21,7 @@ from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConn
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.services import copy
 from sqld.services.base import Abort, Describe, Execute, Peek, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
@@ -52,7 +53,7 @@ _BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROL
 # Statements that end or need to be outside a transaction: a Query holding one of them
 # runs its statements one by one, as PostgreSQL does for transaction control.
 _OWN_TRANSACTION = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT",
-                              "RELEASE", "VACUUM", "PRAGMA", "ATTACH", "DETACH"))
+                              "RELEASE", "VACUUM", "PRAGMA", "ATTACH", "DETACH", "COPY"))
 
 
 @attrs.define(eq=False)
@@ -641,6 +642,98 @@ class PgConnection:
                 await portal.cursor.close()
         self.write(_CLOSE_COMPLETE)
 
+    # -- COPY ---------------------------------------------------------------------------------
+
+    async def _copy(self, stmt: Statement) -> None:
+        spec = copy.parse(stmt.sql)
+        if spec.direction == "TO":
+            await self._copy_out(spec)
+        else:
+            await self._copy_in(spec)
+
+    async def _copy_out(self, spec) -> None:
+        query = spec.query or f"select {', '.join(spec.columns) or '*'} from {spec.table}"
+        cur = await self.service(Execute(parse_one(query)))
+        try:
+            names = [c.name for c in cur.columns or ()]
+            self.write(m.CopyOutResponse(len(names)).encode())
+            if spec.header:
+                self.write(m.copy_data(copy.format_row(spec, tuple(names))))
+            count = 0
+            while True:
+                for row in cur.rows:
+                    self.write(m.copy_data(copy.format_row(spec, row)))
+                count += len(cur.rows)
+                if cur.done:
+                    break
+                await self.maybe_flush()
+                await cur.fetch(BATCH_ROWS)
+        finally:
+            await cur.close()
+        self.write(m.COPY_DONE)
+        self.write(m.CommandComplete(f"COPY {count}").encode())
+
+    async def _copy_in(self, spec) -> None:
+        columns = list(spec.columns)
+        if not columns:
+            described = await self.service(Describe(parse_one(f"select * from {spec.table}")))
+            columns = [c.name for c in described.info.columns]
+        marks = ", ".join(f"?{i + 1}" for i in range(len(columns)))
+        quoted = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        insert = parse_one(f"insert into {spec.table} ({quoted}) values ({marks})")
+        blobs = [t.oid_for_decltype(d) == t.BYTEA for d in (await self.service(Describe(insert))).param_decltypes]
+        self.write(m.CopyInResponse(len(columns)).encode())
+        await self.flush()
+        own_tx = await self.service(Sync()) == b"I"
+        if own_tx:  # all rows or none, as in PostgreSQL
+            await (await self.service(Execute(_BEGIN))).close()
+        reader = copy.RowReader(spec)
+        count = 0
+        error: SqldError | None = None
+
+        async def insert_rows(rows) -> None:
+            nonlocal count
+            for row in rows:
+                if len(row) != len(columns):
+                    raise SqldError(f"{'missing' if len(row) < len(columns) else 'extra'} data for COPY: "
+                                    f"{len(row)} values for {len(columns)} columns", sqlstate="22P04")
+                params = tuple(t.bytea_from_text(v) if blob and v is not None else v
+                               for v, blob in zip(row, blobs))
+                await (await self.service(Execute(insert, params))).close()
+                count += 1
+
+        while True:
+            msg = self.decoder.next_message()
+            if msg is NEED_DATA:
+                await self.receive()
+                continue
+            mt = type(msg)
+            try:
+                if mt is m.CopyData:
+                    if error is None:
+                        await insert_rows(reader.feed(msg.data))
+                    continue
+                if mt is m.CopyDone:
+                    if error is None:
+                        await insert_rows(reader.finish())
+                    break
+                if mt is m.CopyFail:
+                    error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
+                    break
+                if mt in (m.Flush, m.Sync):
+                    continue  # PostgreSQL ignores these during COPY IN
+                raise ProtocolViolation(f"unexpected message {mt.__name__} during COPY from stdin")
+            except SqldError as exc:
+                if exc.severity == "FATAL":
+                    raise
+                error = error or exc  # keep reading until the client ends the copy
+        if own_tx:
+            with anyio.CancelScope(shield=True):
+                await (await self.service(Execute(_ROLLBACK if error else _COMMIT))).close()
+        if error is not None:
+            raise error
+        self.write(m.CommandComplete(f"COPY {count}").encode())
+
     # -- simple query ---------------------------------------------------------------------
 
     async def on_query(self, msg: m.Query) -> None:
@@ -683,6 +776,10 @@ class PgConnection:
         await self.sync_point()
 
     async def _simple(self, stmt: Statement) -> None:
+        if stmt.verb == "COPY":
+            await self._copy(stmt)
+            self._after_statement()
+            return
         ps = PreparedStatement(stmt, ())
         portal = Portal(ps, (), ())
         await self._start(portal)

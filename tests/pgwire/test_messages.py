@@ -65,6 +65,8 @@ def test_frontend_roundtrip(msg):
 
 
 BACKEND_MESSAGES = [
+    m.CopyInResponse(3),
+    m.CopyOutResponse(2),
     m.Authentication(0),
     m.Authentication(3),
     m.Authentication(5, b"salt"),

@@ -1,0 +1,59 @@
+"""COPY FROM STDIN / TO STDOUT, from psycopg 3 and psql's \\copy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import psycopg
+import pytest
+
+
+def test_copy_in_and_out_with_psycopg(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key, v text, b blob)")
+        rows = [(i, f"row\t{i}\n" if i % 3 else None, bytes([i % 256]) * 3) for i in range(1, 2001)]
+        with c.cursor() as cur:
+            with cur.copy(f"COPY {table_name} (id, v, b) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            assert cur.rowcount == 2000
+        assert c.execute(f"select id, v, b from {table_name} order by id").fetchall() == rows
+        with c.cursor() as cur:
+            with cur.copy(f"COPY (select id, v from {table_name} where id <= 3 order by id) TO STDOUT") as copy:
+                out = [tuple(r) for r in copy.rows()]
+        assert out == [("1", "row\t1\n"), ("2", "row\t2\n"), ("3", None)]
+
+
+def test_a_bad_row_loses_the_whole_copy_and_the_session_goes_on(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key, v text)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with c.cursor().copy(f"COPY {table_name} FROM STDIN") as copy:
+                copy.write(b"1\ta\n2\tb\n1\tduplicate\n3\tc\n")
+        assert c.execute(f"select count(*) from {table_name}").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.BadCopyFileFormat):
+            with c.cursor().copy(f"COPY {table_name} FROM STDIN") as copy:
+                copy.write(b"1\ta\textra\n")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with c.cursor().copy(f"COPY {table_name} FROM STDIN") as copy:
+                copy.write(b"1\ta\n")
+                raise psycopg.errors.QueryCanceled("client gave up")  # psycopg sends CopyFail
+        assert c.execute(f"select count(*) from {table_name}").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute(f"COPY {table_name} FROM '/etc/passwd'")
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
+def test_psql_backslash_copy_csv(sqld_server, table_name, tmp_path):
+    data = tmp_path / "in.csv"
+    data.write_text('id,v\n1,"a,b"\n2,\n3,"line\nbreak"\n')
+    base = ["psql", "-X", "-h", sqld_server.host, "-p", str(sqld_server.port), "-U", "tester", "-d", "main",
+            "-v", "ON_ERROR_STOP=1", "-At"]
+    run = lambda *a: subprocess.run([*base, *a], capture_output=True, text=True, timeout=60, check=True)  # noqa: E731
+    run("-c", f"create table {table_name}(id integer primary key, v text)")
+    assert run("-c", f"\\copy {table_name} from '{data}' with (format csv, header)").stdout.strip() == "COPY 3"
+    assert run("-c", f"select id, coalesce(v, 'NULL') from {table_name} order by id").stdout.splitlines() == [
+        "1|a,b", "2|NULL", "3|line", "break"]
+    out = run("-c", f"\\copy {table_name} to stdout with csv").stdout
+    assert out == '1,"a,b"\n2,\n3,"line\nbreak"\n'
