@@ -129,7 +129,7 @@ def _sqlite_string(value: str) -> str:
 _E_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
-def _unescape_e(body: str) -> str:
+def unescape_e(body: str) -> str:
     """The value of a PostgreSQL E'…' string (4.1.2.2 of the PostgreSQL manual)."""
     out: list[str] = []
     i = 0
@@ -179,7 +179,7 @@ def _string_value(tok: Token) -> str | None:
     if tok.kind == "string":
         return tok.text[1:-1].replace("''", "'")
     if tok.kind == "estring":
-        return _unescape_e(tok.text[2:-1])
+        return unescape_e(tok.text[2:-1])
     if tok.kind == "dollar":
         open_end = tok.text.index("$", 1) + 1
         return tok.text[open_end : len(tok.text) - open_end]

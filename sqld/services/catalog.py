@@ -108,12 +108,7 @@ async def answer(stmt: Statement, inner, user: str) -> StaticCursor:
     kinds = set(re.findall(r"'(\w)'", kinds_m.group(1))) if kinds_m else {"r", "v", "i"}
     pattern_m = _PATTERN.search(sql)
     pattern = re.compile(pattern_m.group(1).replace("''", "'")) if pattern_m else None
-    cur = await inner(Execute(_SCHEMA))
-    rows = list(cur.rows)
-    while not cur.done:
-        await cur.fetch(256)
-        rows += cur.rows
-    await cur.close()
+    rows = await _rows(inner, _SCHEMA)
     out = []
     for kind_name, name, table in rows:
         kind = _SQLITE_KIND.get(kind_name)

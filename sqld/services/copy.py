@@ -15,6 +15,7 @@ import attrs
 
 from sqld.errors import FeatureNotSupported, SqldError
 from sqld.pgwire import types as t
+from sqld.sqltext import unescape_e
 
 _COPY = re.compile(
     r"""^\s*COPY\s+
@@ -93,9 +94,7 @@ def parse(sql: str) -> CopySpec:
 
 def _literal(word: str) -> str:
     if word.upper().startswith("E'"):
-        from sqld.sqltext import _unescape_e
-
-        return _unescape_e(word[2:-1])
+        return unescape_e(word[2:-1])
     if len(word) >= 2 and word[0] == word[-1] == "'":
         return word[1:-1].replace("''", "'")
     return word
