@@ -41,6 +41,11 @@ def _timeout(ctx, param, value):
 @click.option("--statement-timeout", callback=_timeout, default=None, envvar="SQLD_STATEMENT_TIMEOUT",
               show_envvar=True, help="Cancel statements running longer than this (e.g. 500ms, 30s); "
               "0 or unset: no limit. Sessions may SET statement_timeout.")
+@click.option("--idle-in-transaction-timeout", "idle_tx_timeout", callback=_timeout, default=None,
+              envvar="SQLD_IDLE_IN_TRANSACTION_TIMEOUT", show_envvar=True,
+              help="End sessions idle inside a transaction longer than this (e.g. 60s): their "
+              "transaction rolls back, and the writer it may hold is free again. 0 or unset: never. "
+              "Sessions may SET idle_in_transaction_session_timeout.")
 @click.option("--synchronous", type=click.Choice(["full", "normal"], case_sensitive=False), default="full",
               envvar="SQLD_SYNCHRONOUS", show_envvar=True,
               help="full: a COMMIT the client saw is on disk. normal: faster, but a power loss may "
@@ -55,7 +60,8 @@ def _timeout(ctx, param, value):
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
 @click.version_option(__version__, prog_name="sqld")
-def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, synchronous,
+def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, idle_tx_timeout,
+         synchronous,
          foreign_keys, create_databases, replication_log, max_readers):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
@@ -73,7 +79,7 @@ def main(backend, db_path, listen_addr, log_level, max_connections, statement_ti
         raise click.BadParameter(str(exc), param_hint="--listen-addr") from None
     config = Config(
         backend=backend, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
-        max_connections=max_connections, statement_timeout=statement_timeout,
+        max_connections=max_connections, statement_timeout=statement_timeout, idle_tx_timeout=idle_tx_timeout,
         synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
         create_databases=create_databases, replication_log=replication_log,
     )
@@ -109,7 +115,8 @@ async def serve(config: Config) -> None:
     databases.open_main()
     try:
         factory = PgConnectionFactory(
-            SessionStackFactory(databases, statement_timeout=config.statement_timeout),
+            SessionStackFactory(databases, statement_timeout=config.statement_timeout,
+                                idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
         )
         server = Server(config.listen_host, config.listen_port)

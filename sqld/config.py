@@ -14,6 +14,7 @@ class Config:
     log_level: str = "info"
     max_connections: int = 100
     statement_timeout: float | None = None  # seconds; None: no limit
+    idle_tx_timeout: float | None = None  # seconds idle inside a transaction; None: no limit
     synchronous: str = "full"
     foreign_keys: bool = True
     create_databases: bool = True

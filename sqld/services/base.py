@@ -51,6 +51,7 @@ class SessionState:
     reported: dict[str, str] = attrs.Factory(dict)
     statement_timeout: float | None = None  # seconds
     lock_timeout: float | None = None  # seconds a statement may wait for the writer
+    idle_tx_timeout: float | None = None  # seconds a session may sit idle inside a transaction
     cancel_requested: bool = False
     executing: bool = False
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals

@@ -115,10 +115,12 @@ def _unquote(value: str) -> str:
 class CompatService:
     """The compat layer: answers PostgreSQL-only statements, passes everything else inward."""
 
-    def __init__(self, inner, state: SessionState, default_statement_timeout: float | None = None) -> None:
+    def __init__(self, inner, state: SessionState, default_statement_timeout: float | None = None,
+                 default_idle_tx_timeout: float | None = None) -> None:
         self.inner = inner
         self.state = state
         self.default_timeout = default_statement_timeout
+        self.default_idle_tx_timeout = default_idle_tx_timeout
 
     async def __call__(self, request):
         rt = type(request)
@@ -225,6 +227,8 @@ class CompatService:
             self.state.statement_timeout = parse_timeout(value) if value else self.default_timeout
         if name == "lock_timeout":
             self.state.lock_timeout = parse_timeout(value) if value else None
+        if name == "idle_in_transaction_session_timeout":
+            self.state.idle_tx_timeout = parse_timeout(value) if value else self.default_idle_tx_timeout
         if name in ("server_version", "server_encoding", "integer_datetimes", "server_version_num"):
             raise SqldError(f'parameter "{name}" cannot be changed', sqlstate="55P02")
         self.state.settings[name] = value

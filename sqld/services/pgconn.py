@@ -155,6 +155,7 @@ class PgConnection:
         self.portals: dict[str, Portal] = {}
         self.skip_to_sync = False
         self.counted = False
+        self.status = b"I"  # as last told to the client in ReadyForQuery
 
     # -- output ---------------------------------------------------------------------------
 
@@ -194,8 +195,19 @@ class PgConnection:
             await self.flush()
 
     async def receive(self) -> None:
+        idle_limit = self.state.idle_tx_timeout if self.state is not None and self.status != b"I" else None
         try:
-            data = await self.stream.receive(65536)
+            if idle_limit:
+                # A session idle inside a transaction may hold the writer: every other
+                # session's writes wait for it. Past the limit it is ended (rolled back).
+                with anyio.move_on_after(idle_limit) as scope:
+                    await self.flush()
+                    data = await self.stream.receive(65536)
+                if scope.cancelled_caught:
+                    raise SqldError("terminating connection due to idle-in-transaction timeout",
+                                    sqlstate="25P03", severity="FATAL")
+            else:
+                data = await self.stream.receive(65536)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             raise _Gone() from None
         self.decoder.feed(data)
@@ -773,6 +785,7 @@ class PgConnection:
             await self._close_portals()
         self._after_statement()
         self.write(_RFQ[status])
+        self.status = status
         await self.sync_point()
 
     async def _simple(self, stmt: Statement) -> None:

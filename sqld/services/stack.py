@@ -20,14 +20,21 @@ class SessionStackFactory:
     """Builds each session's service stack over the Scheduler of the database it names
     (a ``Databases`` registry), or over one Scheduler for every session."""
 
-    def __init__(self, databases: Databases | Scheduler, *, statement_timeout: float | None = None) -> None:
+    def __init__(self, databases: Databases | Scheduler, *, statement_timeout: float | None = None,
+                 idle_tx_timeout: float | None = None) -> None:
         self.databases = databases
         self.statement_timeout = statement_timeout
+        self.idle_tx_timeout = idle_tx_timeout
 
     async def __call__(self, state: SessionState):
         state.statement_timeout = self.statement_timeout
         if state.settings.get("lock_timeout", "0") != "0":  # a startup parameter, as PostgreSQL allows
             state.lock_timeout = parse_timeout(state.settings["lock_timeout"])
+        state.idle_tx_timeout = self.idle_tx_timeout
+        if self.idle_tx_timeout:
+            state.settings["idle_in_transaction_session_timeout"] = f"{int(self.idle_tx_timeout * 1000)}ms"
+        if state.settings.get("idle_in_transaction_session_timeout", "0") != "0":
+            state.idle_tx_timeout = parse_timeout(state.settings["idle_in_transaction_session_timeout"])
         if self.statement_timeout:
             state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
         if isinstance(self.databases, Scheduler):
@@ -38,5 +45,5 @@ class SessionStackFactory:
             service.on_close = drop
         else:
             service = await (await self.databases.get(state.database))(state)
-        service = CompatService(service, state, self.statement_timeout)
+        service = CompatService(service, state, self.statement_timeout, self.idle_tx_timeout)
         return LoggingService(service, state)

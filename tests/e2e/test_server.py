@@ -248,3 +248,23 @@ def test_lock_timeout_bounds_the_wait_for_the_writer(sqld_server, table_name):
         a.commit()
         b.execute(f"insert into {table_name} values (3)")
         assert b.execute(f"select v from {table_name} order by v").fetchall() == [(1,), (3,)]
+
+
+def test_idle_in_transaction_timeout_frees_the_writer(start_sqld):
+    server = start_sqld("--idle-in-transaction-timeout", "300ms")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table t(v integer)")
+    idle = psycopg.connect(server.dsn())
+    idle.execute("insert into t values (1)")  # holds the writer, then sits idle
+    with psycopg.connect(server.dsn(), autocommit=True) as other:
+        other.execute("set statement_timeout = '10s'")
+        start = time.monotonic()
+        other.execute("insert into t values (2)")  # waits until the idle session is ended
+        assert time.monotonic() - start < 5
+        assert other.execute("select v from t").fetchall() == [(2,)]
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        idle.execute("select 1")
+    idle.close()
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("set idle_in_transaction_session_timeout = 0")
+        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("0",)
