@@ -25,6 +25,22 @@ def _writes(server, rounds: int, start: int) -> None:
             c.execute("create index if not exists t_v on t(v)")
 
 
+def _assert_log_replays_to_database(db, tmp_path, log: FrameLog) -> None:
+    """The log's snapshot plus every logged transaction gives the database's content."""
+    replica_path = tmp_path / "replica.db"
+    shutil.copy(db / "main.db-replog.snapshot", replica_path)
+    replica = Replica(str(replica_path))
+    for tx in log.since(0):
+        replica.apply(tx.as_transaction())
+    primary = apsw.Connection(str(db / "main.db"))
+    try:
+        assert content_hash(replica.conn) == content_hash(primary)
+        assert replica.conn.execute("pragma integrity_check").fetchall() == [("ok",)]
+    finally:
+        replica.close()
+        primary.close()
+
+
 def test_log_replays_onto_snapshot(start_sqld, tmp_path):
     db = tmp_path / "db"
     server = start_sqld("--replication-log", db_path=db)
@@ -36,17 +52,8 @@ def test_log_replays_onto_snapshot(start_sqld, tmp_path):
 
     log = FrameLog(db / "main.db-replog")
     assert log.last_frame > 1000  # past the capture's checkpoint threshold: the WAL restarted
-    replica_path = tmp_path / "replica.db"
-    shutil.copy(db / "main.db-replog.snapshot", replica_path)
-    replica = Replica(str(replica_path))
-    for tx in log.since(0):
-        replica.apply(tx.as_transaction())
-    primary = apsw.Connection(str(db / "main.db"))
-    assert content_hash(replica.conn) == content_hash(primary)
-    assert replica.conn.execute("pragma integrity_check").fetchall() == [("ok",)]
+    _assert_log_replays_to_database(db, tmp_path, log)
     assert not (db / "main.db-replog.old").exists()
-    replica.close()
-    primary.close()
     log.close()
 
 
@@ -66,13 +73,5 @@ def test_unclean_stop_starts_a_new_generation(start_sqld, tmp_path):
     assert (db / "main.db-replog.old").exists()
     log = FrameLog(db / "main.db-replog")
     assert log.generation != generation
-    replica_path = tmp_path / "replica.db"
-    shutil.copy(db / "main.db-replog.snapshot", replica_path)
-    replica = Replica(str(replica_path))
-    for tx in log.since(0):
-        replica.apply(tx.as_transaction())
-    primary = apsw.Connection(str(db / "main.db"))
-    assert content_hash(replica.conn) == content_hash(primary)
-    replica.close()
-    primary.close()
+    _assert_log_replays_to_database(db, tmp_path, log)
     log.close()
