@@ -18,7 +18,12 @@ class Config:
     synchronous: str = "full"
     foreign_keys: bool = True
     create_databases: bool = True
-    replication_log: bool = False
+    replication_log: bool = True
+    replication_log_max_bytes: int = 64 << 20
+    primary: tuple[str, int] | None = None  # a replica of this primary
+    primary_database: str = "main"
+    poll_interval: float = 0.5
+    replica_wait_timeout: float = 5.0
     max_readers: int = 8
     inline_budget: int = 20
     max_message_size: int = 64 * 1024 * 1024

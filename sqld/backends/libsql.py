@@ -251,9 +251,11 @@ class LibsqlBackend:
     name = "libsql"
 
     def __init__(self, db_path: str | os.PathLike, *, synchronous: str = "full", foreign_keys: bool = True,
-                 busy_timeout_ms: int = 5000, replication_log: bool = False) -> None:
+                 busy_timeout_ms: int = 5000, replication_log: bool = False,
+                 replication_log_max_bytes: int = 64 << 20) -> None:
         self.path = database_file(db_path)
         self.replication_log = replication_log
+        self.replication_log_max_bytes = replication_log_max_bytes
         self.capture = None
         self.synchronous = synchronous
         self.foreign_keys = foreign_keys
@@ -289,7 +291,8 @@ class LibsqlBackend:
         if self.replication_log:
             from sqld.replication.capture import Capture
 
-            self.capture = Capture(conn, self.path, Path(str(self.path) + "-replog"))
+            self.capture = Capture(conn, self.path, Path(str(self.path) + "-replog"),
+                                   max_log_bytes=self.replication_log_max_bytes)
         log.info("opened %s (journal_mode=wal, synchronous=%s)", self.path, self.synchronous)
 
     def writer(self) -> LibsqlConnection:

@@ -68,7 +68,7 @@ def _param(value) -> tuple[int, bytes | None]:
 class WireConnection:
     def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
                  timeout: float | None = 5.0, application_name: str = "sqld.client",
-                 lock_timeout: float | None = None, cache_size: int = 128) -> None:
+                 lock_timeout: float | None = None, cache_size: int = 128, options: dict | None = None) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -90,6 +90,7 @@ class WireConnection:
         startup = {"user": user, "database": database, EXT_PARAM: "1", "application_name": application_name}
         if lock_timeout is not None:  # sqlite3's timeout=0: do not wait at all (1 ms here)
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
+        startup.update(options or {})
         self._send(m.StartupMessage(startup).encode())
         while True:
             msg = self._recv()
@@ -192,6 +193,34 @@ class WireConnection:
                 self._statements.pop(key, None)
                 self._pending_close.append(name)
             raise
+
+    def describe(self, sql: str) -> tuple[tuple[int, ...], list[m.Field] | None, list]:
+        """Prepare ``sql`` unnamed and say its parameter types and result fields (None: no
+        rows) and the columns' declared types, without running it."""
+        self._send(m.Parse("", sql, ()).encode() + m.Describe(b"S", "").encode() + m.SYNC.encode())
+        oids: tuple[int, ...] = ()
+        fields = None
+        decltypes: list = []
+        error = None
+        while True:
+            msg = self._recv()
+            kind = type(msg)
+            if kind is m.ParameterDescription:
+                oids = msg.type_oids
+            elif kind is m.RowDescription:
+                fields = list(msg.fields)
+            elif kind is m.ParameterStatus:
+                if msg.name == "sqld.decltypes":
+                    decltypes = json.loads(msg.value)
+                else:
+                    self.params[msg.name] = msg.value
+            elif kind is m.ErrorResponse:
+                error = ServerError(msg)
+            elif kind is m.ReadyForQuery:
+                self.status = msg.status
+                if error is not None:
+                    raise error
+                return oids, fields, decltypes
 
     def script(self, sql: str) -> list[Result]:
         """A simple Query: several statements, each committed as it runs (no parameters)."""

@@ -778,6 +778,6 @@ BACKEND = {
         Authentication, ParameterStatus, BackendKeyData, ReadyForQuery, RowDescription, DataRow,
         CommandComplete, EmptyQueryResponse, ParseComplete, BindComplete, CloseComplete, NoData,
         PortalSuspended, ParameterDescription, ErrorResponse, NoticeResponse, CopyInResponse,
-        CopyOutResponse,
+        CopyOutResponse, CopyData, CopyDone,
     )
 }

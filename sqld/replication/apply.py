@@ -2,21 +2,45 @@
 
 The method (checked on these machines, see the design notes): hold the file's exclusive
 lock through a SQLite connection (BEGIN EXCLUSIVE), write the page images in place,
-truncate to the transaction's size, patch page 1 — rollback-journal mode, a bumped change
-counter (which tells every other connection to drop its cache), the size — fsync, COMMIT.
-A reader never sees half a transaction: it cannot hold a lock while the writer does.
+truncate to the transaction's size, patch page 1 — rollback-journal mode, a change counter
+one above the file's (which tells every other connection to drop its cache), the size —
+and COMMIT. A reader never sees half a transaction: it cannot hold a lock while the
+applier does.
+
+A crash in the middle of the in-place writes would leave a torn file, so with a state
+file each apply first writes a *redo record* — the replica's position (generation, frame)
+and the pages about to be written — to a temporary file renamed over the state file (an
+atomic step), and only then writes the pages. Reopening redoes the record: page images are
+whole, so writing them again is harmless, and the file is again exactly the state at that
+frame. The state file is therefore also where the replica's position persists. With
+``durable`` the record and the file are fsynced (power loss); without, a process crash
+(kill -9) is still safe, as the OS keeps what was written.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import zlib
+from pathlib import Path
+from typing import Iterable
 
 import apsw
+import attrs
 
-from sqld.replication.wal import Transaction
+from sqld.replication.wal import Page, Transaction
 
 _U32 = struct.Struct(">I")
+STATE_MAGIC = b"SQLDREP1"
+# magic, generation, frame, db size (pages), page count, page size, CRC-32 of what follows
+STATE_HEADER = struct.Struct(">8s16sQIIII")
+_PAGENO = struct.Struct(">I")
+
+
+@attrs.frozen
+class Position:
+    generation: bytes
+    frame: int
 
 
 def bootstrap(primary: apsw.Connection, replica_path: str) -> None:
@@ -29,45 +53,145 @@ def bootstrap(primary: apsw.Connection, replica_path: str) -> None:
     target.close()
 
 
-class Replica:
-    """A replica file and the connection that holds its lock while a transaction is applied."""
+def merge(txs: Iterable[Transaction]) -> Transaction:
+    """Several consecutive transactions as one: the newest image of each page, the last size."""
+    pages: dict[int, bytes] = {}
+    size = 0
+    end = 0
+    for tx in txs:
+        for page in tx.pages:
+            pages[page.number] = page.data
+        size, end = tx.db_size, tx.end_offset
+    return Transaction(tuple(Page(n, d) for n, d in sorted(pages.items()) if n <= size), size, end)
 
-    def __init__(self, path: str) -> None:
+
+class Replica:
+    """A replica file and the connection that holds its lock while a transaction is applied.
+
+    ``state_path`` (optional) is the redo record / position file; ``position`` is None for
+    a replica that has none (it must bootstrap).
+    """
+
+    def __init__(self, path: str, state_path: str | None = None, durable: bool = False,
+                 busy_timeout_ms: int = 60000) -> None:
         self.path = path
+        self.state_path = Path(state_path) if state_path else None
+        self.durable = durable
         self.conn = apsw.Connection(path)
+        self.conn.set_busy_timeout(busy_timeout_ms)
         mode = self.conn.execute("pragma journal_mode").fetchall()[0][0]
         if mode == "wal":
             raise ValueError(f"{path} is in WAL mode: a replica file must use a rollback journal")
         # One descriptor for the replica's life: closing any descriptor of a file drops every
         # POSIX lock this process holds on it, SQLite's exclusive lock included.
         self.fd = os.open(path, os.O_RDWR)
+        self.position: Position | None = None
+        if self.state_path is not None:
+            self._recover()
 
-    def apply(self, tx: Transaction) -> None:
+    # -- the state file ---------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return
+        record = _decode_state(raw)
+        if record is None:
+            return  # unreadable: no position, the replica bootstraps again
+        position, tx = record
+        if tx.pages:
+            self._write(tx)  # redo: the last apply may have stopped half-way
+        self.position = position
+
+    def _save(self, position: Position, tx: Transaction) -> None:
+        body = b"".join(_PAGENO.pack(p.number) + p.data for p in tx.pages)
+        page_size = len(tx.pages[0].data) if tx.pages else 0
+        head = STATE_HEADER.pack(STATE_MAGIC, position.generation, position.frame, tx.db_size,
+                                 len(tx.pages), page_size, zlib.crc32(body))
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.write(body)
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    def set_position(self, position: Position) -> None:
+        """Record the position of a file made elsewhere (a fresh bootstrap): no pages to redo."""
+        self._save(position, Transaction((), 0, 0))
+        self.position = position
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, tx: Transaction, position: Position | None = None) -> bool:
+        """Apply one committed transaction (or several merged); return whether the schema
+        changed (the replica's statement caches must go)."""
         conn = self.conn
-        fd = self.fd
         conn.execute("begin exclusive").fetchall()  # SQLite takes the file's exclusive lock
         try:
-            page_size = len(tx.pages[0].data) if tx.pages else self._page_size(fd)
-            for page in tx.pages:
-                os.pwrite(fd, page.data, (page.number - 1) * page_size)
-            os.ftruncate(fd, tx.db_size * page_size)
-            header = bytearray(os.pread(fd, 100, 0))
-            header[18] = header[19] = 1  # file format: legacy (rollback journal), not WAL
-            counter = (_U32.unpack_from(header, 24)[0] + 1) & 0xFFFFFFFF
-            _U32.pack_into(header, 24, counter)     # file change counter
-            _U32.pack_into(header, 28, tx.db_size)  # database size in pages …
-            _U32.pack_into(header, 92, counter)     # … valid for this change counter
-            os.pwrite(fd, bytes(header), 0)
-            os.fsync(fd)
+            if position is not None and self.state_path is not None:
+                self._save(position, tx)
+            changed = self._write(tx)
         finally:
             conn.execute("commit").fetchall()
+        if position is not None:
+            self.position = position
+        return changed
+
+    def _write(self, tx: Transaction) -> bool:
+        fd = self.fd
+        old = os.pread(fd, 100, 0)
+        old_counter = _U32.unpack_from(old, 24)[0] if len(old) == 100 else 0
+        page_size = len(tx.pages[0].data) if tx.pages else self._page_size(fd)
+        for page in tx.pages:
+            os.pwrite(fd, page.data, (page.number - 1) * page_size)
+        os.ftruncate(fd, tx.db_size * page_size)
+        header = bytearray(os.pread(fd, 100, 0))
+        header[18] = header[19] = 1  # file format: legacy (rollback journal), not WAL
+        # One above the file's own counter (not the page image's, which may be any value):
+        # every reader then sees the file changed and drops its cache.
+        counter = (old_counter + 1) & 0xFFFFFFFF
+        _U32.pack_into(header, 24, counter)     # file change counter
+        _U32.pack_into(header, 28, tx.db_size)  # database size in pages …
+        _U32.pack_into(header, 92, counter)     # … valid for this change counter
+        os.pwrite(fd, bytes(header), 0)
+        if self.durable:
+            os.fsync(fd)
+        return len(old) < 100 or old[40:44] != header[40:44]  # the schema cookie
+
+    def replace_with(self, snapshot_path: str, position: Position) -> bool:
+        """Make the file a copy of ``snapshot_path`` (a bootstrap while readers are open),
+        as one transaction: readers see the old database or the new one."""
+        data = Path(snapshot_path).read_bytes()
+        page_size = self._page_size_of(data)
+        pages = tuple(Page(i // page_size + 1, data[i : i + page_size]) for i in range(0, len(data), page_size))
+        return self.apply(Transaction(pages, len(pages), 0), position)
 
     @staticmethod
-    def _page_size(fd: int) -> int:
-        raw = os.pread(fd, 2, 16)
-        size = struct.unpack(">H", raw)[0]
+    def _page_size_of(header: bytes) -> int:
+        size = struct.unpack_from(">H", header, 16)[0]
         return 65536 if size == 1 else size
+
+    @classmethod
+    def _page_size(cls, fd: int) -> int:
+        return cls._page_size_of(os.pread(fd, 18, 0))
 
     def close(self) -> None:
         self.conn.close()
         os.close(self.fd)
+
+
+def _decode_state(raw: bytes) -> tuple[Position, Transaction] | None:
+    if len(raw) < STATE_HEADER.size:
+        return None
+    magic, generation, frame, db_size, count, page_size, crc = STATE_HEADER.unpack_from(raw)
+    body = raw[STATE_HEADER.size :]
+    if magic != STATE_MAGIC or zlib.crc32(body) != crc or len(body) != count * (4 + page_size):
+        return None
+    pages = []
+    step = 4 + page_size
+    for at in range(0, len(body), step):
+        pages.append(Page(_PAGENO.unpack_from(body, at)[0], body[at + 4 : at + step]))
+    return Position(generation, frame), Transaction(tuple(pages), db_size, 0)

@@ -7,15 +7,21 @@ the WAL was restarted: its salts changed) and appends the committed transactions
 replaces SQLite's automatic checkpoint, so the capture checkpoints the WAL itself once it is
 ``checkpoint_pages`` long, after the frames are safe in the log.
 
-A log starts with a snapshot of the database (``<log>.snapshot``, frame 0) to bootstrap
-replicas from. A log found beside a WAL with frames in it (the server stopped without its
-final checkpoint) may lag the database: a new generation starts.
+A log starts with a snapshot of the database (``<log>.snapshot``, frame 0). A log found
+beside a WAL with frames in it (the server stopped without its final checkpoint) may lag
+the database: a new generation starts. Once the log passes ``max_log_bytes`` it is
+compacted: a new empty log based at the last frame (the database itself is the newest
+image of every page, which replicas that are further behind get as a snapshot).
+
+``listeners`` are called (on the committing thread) after each append: the replication
+senders wake on them. ``commit_time(frame)`` says when a recent frame was logged.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import apsw
@@ -27,8 +33,12 @@ log = logging.getLogger(__name__)
 
 
 class Capture:
-    def __init__(self, conn: apsw.Connection, db_file: Path, log_path: Path, checkpoint_pages: int = 1000) -> None:
+    def __init__(self, conn: apsw.Connection, db_file: Path, log_path: Path, checkpoint_pages: int = 1000,
+                 max_log_bytes: int = 64 << 20) -> None:
         self.conn = conn
+        self.max_log_bytes = max_log_bytes
+        self.listeners: list = []
+        self._times: dict[int, float] = {}
         self.wal_path = Path(str(db_file) + "-wal")
         self.log_path = Path(log_path)
         self.checkpoint_pages = checkpoint_pages
@@ -68,9 +78,13 @@ class Capture:
         if dbname != "main":
             return apsw.SQLITE_OK
         try:
-            self.capture(wal_pages)
+            if self.capture(wal_pages):
+                for listener in self.listeners:
+                    listener()
             if wal_pages >= self.checkpoint_pages:
                 conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
+            if self.log.size > self.max_log_bytes:
+                self.compact()
         except (OSError, WalError, ValueError) as exc:
             # The commit stands; the log cannot follow it any more. Replicas will have to
             # bootstrap from a new generation (started at the next restart).
@@ -101,10 +115,31 @@ class Capture:
         for tx in transactions(data, header, offset=self.offset, verify=False, base=self.offset):
             # No fsync: the commit is durable in the WAL already, and a log that a crash cut
             # short is never continued (an unclean stop starts a new generation).
-            self.log.append(tx, durable=False)
+            frame = self.log.append(tx, durable=False)
             self.offset = tx.end_offset
             count += 1
+        if count:
+            times = self._times
+            times[frame] = time.time()
+            if len(times) > 8192:
+                for old in [f for f in times if f < frame - 4096]:
+                    del times[old]
         return count
+
+    def commit_time(self, frame: int) -> float:
+        """When the transaction ending at ``frame`` was logged (wall clock), 0 if unknown."""
+        return self._times.get(frame, 0.0)
+
+    def compact(self) -> None:
+        """Drop the log's frames: replicas further behind than its last frame bootstrap
+        from a snapshot of the database instead."""
+        log.info("compacting replication log %s (%d bytes, up to frame %d)", self.log_path, self.log.size,
+                 self.log.last_commit)
+        self.log = self.log.compact()  # the old one stays open for senders reading it
+        try:
+            os.unlink(str(self.log_path) + ".snapshot")  # frame 0 is gone from the log
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
         self.conn.set_wal_hook(None)

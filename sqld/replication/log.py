@@ -1,16 +1,19 @@
 """The primary's replication log: committed transactions as numbered frames, on disk.
 
-File layout: a 32-byte header — magic ``SQLDLOG1``, a 16-byte generation id (new for every
-new log: a replica that sees another generation knows it is another history), the page
-size (u32), 4 bytes reserved — then records of one frame each::
+File layout: a 40-byte header — magic ``SQLDLOG2``, a 16-byte generation id (new for every
+new history: a replica that sees another generation knows it must bootstrap again), the page
+size (u32), 4 bytes reserved, the base frame (u64: the log holds frames from base + 1; a
+compacted log starts where its predecessor ended) — then records of one frame each::
 
     u64 frame number | u32 page number | u32 db size after commit (0: not a commit frame)
     | u32 chain checksum | page bytes
 
 The chain checksum is CRC-32 over the previous record's checksum, this record's header
 (without the checksum) and its page: a record is valid only if every one before it is.
-Frame numbers start at 1 and are never reused. Leaves to the caller: when to append
-(after each commit, before the WAL can restart) and compaction.
+Frame numbers start at 1 and are never reused. One thread appends while others read
+(``since`` reads with pread up to the end it saw, never the shared file position).
+Leaves to the caller: when to append (after each commit, before the WAL can restart) and
+when to compact (``compact``: a new file, same generation, no frames, based at the last).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import attrs
 
 from sqld.replication.wal import Page, Transaction
 
-MAGIC = b"SQLDLOG1"
-HEADER = struct.Struct(">8s16sI4x")
+MAGIC = b"SQLDLOG2"
+HEADER = struct.Struct(">8s16sI4xQ")
 RECORD = struct.Struct(">QIII")
 
 
@@ -55,23 +58,20 @@ class FrameLog:
         if not self.path.exists():
             if page_size is None:
                 raise LogError(f"{self.path} does not exist and no page size was given to create it")
-            with open(self.path, "wb") as f:
-                f.write(HEADER.pack(MAGIC, os.urandom(16), page_size))
-                f.flush()
-                os.fsync(f.fileno())
+            _write_header(self.path, os.urandom(16), page_size, 0)
         self.file = open(self.path, "r+b")
         raw = self.file.read(HEADER.size)
         if len(raw) < HEADER.size:
             raise LogError(f"{self.path}: header truncated")
-        magic, self.generation, self.page_size = HEADER.unpack(raw)
+        magic, self.generation, self.page_size, self.base = HEADER.unpack(raw)
         if magic != MAGIC:
             raise LogError(f"{self.path} is not a sqld replication log")
         if page_size is not None and page_size != self.page_size:
             raise LogError(f"{self.path} has pages of {self.page_size} bytes, not {page_size}")
         self.record_size = RECORD.size + self.page_size
-        self.first_frame = 1
-        self.last_frame = 0
-        self.last_commit = 0      # frame number of the last commit frame
+        self.first_frame = self.base + 1
+        self.last_frame = self.base
+        self.last_commit = self.base  # frame number of the last commit frame
         self._chain = 0
         self._end = HEADER.size   # offset after the last valid commit record
         self._recover()
@@ -81,17 +81,14 @@ class FrameLog:
         self.file.seek(HEADER.size)
         chain = 0
         offset = HEADER.size
-        first = None
         while True:
             rec = self.file.read(self.record_size)
             if len(rec) < self.record_size:
                 break
             frame, pgno, db_size, check = RECORD.unpack_from(rec)
             chain = zlib.crc32(rec[: RECORD.size - 4] + rec[RECORD.size :], chain)
-            if check != chain or (self.last_frame and frame != self.last_frame + 1) or pgno == 0:
+            if check != chain or frame != self.last_frame + 1 or pgno == 0:
                 break
-            if first is None:
-                first = frame
             self.last_frame = frame
             offset += self.record_size
             if db_size:
@@ -99,8 +96,6 @@ class FrameLog:
                 self._chain = chain
                 self._end = offset
         self.last_frame = self.last_commit
-        if first is not None:
-            self.first_frame = first
         self.file.truncate(self._end)
 
     def append(self, tx: Transaction, durable: bool = True) -> int:
@@ -129,23 +124,50 @@ class FrameLog:
         self._chain = chain
         return frame
 
+    @property
+    def size(self) -> int:
+        """Bytes in the file (header and records)."""
+        return self._end
+
     def since(self, frame: int):
-        """The committed transactions after frame ``frame`` (0: all), in order."""
-        if frame + 1 < self.first_frame:
+        """The committed transactions after frame ``frame`` (``base``: all), in order, as far
+        as the log reached when called. Safe beside ``append`` on another thread."""
+        if frame < self.base:
             raise SnapshotNeeded(f"frames from {frame + 1} were compacted away (the log starts at {self.first_frame})")
         if frame > self.last_commit:
             raise LogError(f"frame {frame} is ahead of this log ({self.last_commit}): another history?")
-        offset = HEADER.size + (frame + 1 - self.first_frame) * self.record_size
+        end = self._end  # read once: the appender moves it only after the bytes are written
+        offset = HEADER.size + (frame - self.base) * self.record_size
+        fd = self.file.fileno()
         pages: dict[int, bytes] = {}
-        while offset < self._end:
-            self.file.seek(offset)
-            rec = self.file.read(self.record_size)
-            number, pgno, db_size, _ = RECORD.unpack_from(rec)
-            pages[pgno] = rec[RECORD.size :]
-            offset += self.record_size
-            if db_size:
-                yield LoggedTransaction(number, db_size, tuple(Page(n, p) for n, p in sorted(pages.items())))
-                pages = {}
+        size = self.record_size
+        while offset < end:
+            chunk = os.pread(fd, min(end - offset, max(size, (1 << 20) // size * size)), offset)
+            if len(chunk) < size:
+                raise LogError(f"{self.path} was cut short under a reader")
+            for at in range(0, len(chunk) - size + 1, size):
+                number, pgno, db_size, _ = RECORD.unpack_from(chunk, at)
+                pages[pgno] = chunk[at + RECORD.size : at + size]
+                if db_size:
+                    yield LoggedTransaction(number, db_size, tuple(Page(n, p) for n, p in sorted(pages.items())))
+                    pages = {}
+            offset += len(chunk) // size * size
+
+    def compact(self) -> "FrameLog":
+        """A new, empty log in this one's place: the same generation, based at the last
+        commit (the frames before it are in the database: replicas that lack them bootstrap
+        from a snapshot). Returns it; this object stays readable for readers that hold it."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        _write_header(tmp, self.generation, self.page_size, self.last_commit)
+        os.replace(tmp, self.path)
+        return FrameLog(self.path)
 
     def close(self) -> None:
         self.file.close()
+
+
+def _write_header(path: Path, generation: bytes, page_size: int, base: int) -> None:
+    with open(path, "wb") as f:
+        f.write(HEADER.pack(MAGIC, generation, page_size, base))
+        f.flush()
+        os.fsync(f.fileno())

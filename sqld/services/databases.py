@@ -42,12 +42,14 @@ class Databases:
     """
 
     def __init__(self, db_path, *, create: bool = True, synchronous: str = "full", foreign_keys: bool = True,
-                 max_readers: int = 8, inline_budget: int = 20, functions=(), replication_log: bool = False) -> None:
+                 max_readers: int = 8, inline_budget: int = 20, functions=(), replication_log: bool = False,
+                 replication_log_max_bytes: int = 64 << 20) -> None:
         self.db_path = Path(db_path)
         self.main_file = database_file(db_path)
         self.folder_mode = self.main_file != self.db_path
         self.create = create
-        self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys, replication_log=replication_log)
+        self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys, replication_log=replication_log,
+                             replication_log_max_bytes=replication_log_max_bytes)
         self._scheduler_options = dict(max_readers=max_readers, inline_budget=inline_budget,
                                        functions=list(functions))
         self.open: dict[str, Scheduler] = {}

@@ -126,8 +126,10 @@ class PgConnectionFactory:
     """
 
     def __init__(self, session_factory, *, max_connections: int = 100,
-                 max_message_size: int = 64 * 1024 * 1024) -> None:
+                 max_message_size: int = 64 * 1024 * 1024, replication=None) -> None:
         self.session_factory = session_factory
+        # async (database name) -> Scheduler, for replication connections; None: refused
+        self.replication = replication
         self.registry = Registry()
         self.max_connections = max_connections
         self.active = 0
@@ -156,6 +158,7 @@ class PgConnection:
         self.skip_to_sync = False
         self.counted = False
         self.status = b"I"  # as last told to the client in ReadyForQuery
+        self.replication = None  # the Scheduler a replication connection streams from
 
     # -- output ---------------------------------------------------------------------------
 
@@ -219,7 +222,12 @@ class PgConnection:
             try:
                 if not await self.startup():
                     return
-                await self.serve()
+                if self.replication is not None:
+                    from sqld.replication import sender
+
+                    await sender.serve(self, self.replication)
+                else:
+                    await self.serve()
             except SqldError as exc:  # FATAL: the session cannot go on
                 log.info("closing session: %s %s", exc.sqlstate, exc.message)
                 self.write_error(exc)
@@ -275,8 +283,13 @@ class PgConnection:
         user = params.get("user")
         if not user:
             raise ProtocolViolation("no PostgreSQL user name specified in startup packet", sqlstate="28000")
-        if params.get("replication") not in (None, "false", "0", "off", "no"):
-            raise ProtocolViolation("replication connections are not supported", sqlstate="0A000")
+        replication = params.get("replication")
+        if replication not in (None, "false", "0", "off", "no"):
+            if replication != "sqld" or self.factory.replication is None:
+                raise ProtocolViolation(
+                    "replication connections are not supported" if self.factory.replication is None else
+                    f'replication="{replication[:20]}" is not supported: sqld replicas connect with replication=sqld',
+                    sqlstate="0A000")
         if self.factory.active >= self.factory.max_connections:
             raise TooManyConnections(
                 "sorry, too many clients already",
@@ -291,7 +304,10 @@ class PgConnection:
         state.application_name = state.settings.get("application_name", "")
         state.ext = params.get(EXT_PARAM) == "1"
         self.state = state
-        self.service = await self.factory.session_factory(state)
+        if replication not in (None, "false", "0", "off", "no"):
+            self.replication = await self.factory.replication(state.database)
+        else:
+            self.service = await self.factory.session_factory(state)
         self.write(m.Authentication(m.AUTH_OK).encode())
         for name, value in state.settings.items():
             if is_reported(name):

@@ -73,6 +73,9 @@ class Scheduler:
     backend: Backend
     max_readers: int = 8
     inline_budget: int = 20
+    # A replica's scheduler: nothing here may write; what would take the writer raises
+    # NeedsWriter instead, for the replica layer to forward to the primary.
+    read_only: bool = False
     writer_lock: anyio.Lock = attrs.field(factory=anyio.Lock)
     _idle_readers: list[Connection] = attrs.field(factory=list)
     _reader_slots: anyio.Semaphore = attrs.field(init=False)
@@ -175,7 +178,7 @@ class ResultCursor:
     """
 
     __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
-                 "_release", "last_rowid")
+                 "_release", "last_rowid", "notice")
 
     def __init__(self, service: SchedulerService, conn: Connection | None, columns, rows, handle, verb, release,
                  changes: int | None = None, last_rowid: int | None = None) -> None:
@@ -190,6 +193,7 @@ class ResultCursor:
         self._changes = changes
         self.last_rowid = last_rowid
         self._release = release
+        self.notice = None
         if done:
             self._finish()
 
@@ -253,6 +257,11 @@ class SchedulerService:
         self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
         self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
         self.on_close = None  # called when the session ends (a private database is dropped)
+        # A replica's forwarded session asks to be told the replication log's last frame
+        # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
+        capture = getattr(scheduler.backend, "capture", None)
+        self.frame_source = capture if capture is not None and state.settings.get("sqld.report_frame") == "on" else None
+        self.frame_reported = -1
 
     @property
     def status(self) -> bytes:
@@ -268,6 +277,11 @@ class SchedulerService:
         if type(request) is Peek:
             return await self.peek(request.statement)
         if type(request) is Sync:
+            if self.frame_source is not None:
+                frame = self.frame_source.log.last_commit
+                if frame != self.frame_reported:
+                    self.frame_reported = frame
+                    self.state.reported["sqld.frame"] = str(frame)
             return self.status
         if type(request) is Abort:
             if self.in_tx:
@@ -309,6 +323,8 @@ class SchedulerService:
         return await self._in_thread(conn, conn.start, sql, params, first)
 
     async def _lock_writer(self) -> None:
+        if self.s.read_only:
+            raise NeedsWriter()
         lock = self.s.writer_lock
         try:
             lock.acquire_nowait()
@@ -469,6 +485,8 @@ class SchedulerService:
                 raise
             else:
                 return ResultCursor(self, conn, columns, rows, handle, verb, release)
+        if self.s.read_only:
+            raise NeedsWriter()
         if groupable(stmt) and self.s.group.running:
             write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
             self.state.cancel_requested = False
@@ -518,7 +536,7 @@ class SchedulerService:
                 conn = await self._tx_writer_for(stmt)
                 columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except BaseException as exc:
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, NeedsWriter):
                 self._fail()
             raise
         if stmt.verb.startswith(DDL_VERBS):

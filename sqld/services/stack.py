@@ -4,7 +4,8 @@ A request from ``PgConnection`` passes through, in order:
 
 1. ``LoggingService``  – times and logs each statement;
 2. ``CompatService``   – answers SET/SHOW/RESET/DISCARD… itself;
-3. ``SchedulerService`` – runs the statement on the right SQLite connection.
+3. ``SchedulerService`` – runs the statement on the right SQLite connection; on a replica,
+   ``ReplicaService`` over it runs reads locally and forwards writes to the primary.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqld.services.base import SessionState
 from sqld.services.compat import CompatService, parse_timeout
 from sqld.services.databases import PRIVATE, Databases
 from sqld.services.logging import LoggingService
+from sqld.services.replica import ReplicaSessions
 from sqld.services.scheduler import Scheduler
 
 
@@ -37,7 +39,7 @@ class SessionStackFactory:
             state.idle_tx_timeout = parse_timeout(state.settings["idle_in_transaction_session_timeout"])
         if self.statement_timeout:
             state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
-        if isinstance(self.databases, Scheduler):
+        if isinstance(self.databases, (Scheduler, ReplicaSessions)):
             service = await self.databases(state)
         elif state.database == PRIVATE:
             scheduler, drop = await self.databases.private()

@@ -43,10 +43,10 @@ def _assert_log_replays_to_database(db, tmp_path, log: FrameLog) -> None:
 
 def test_log_replays_onto_snapshot(start_sqld, tmp_path):
     db = tmp_path / "db"
-    server = start_sqld("--replication-log", db_path=db)
+    server = start_sqld("--replication-log", "--replication-log-max-mb", "1000", db_path=db)
     _writes(server, 1200, 0)  # enough WAL pages for the capture's own checkpoints
     assert server.stop() == 0
-    server = start_sqld("--replication-log", db_path=db)  # a clean restart keeps the generation
+    server = start_sqld("--replication-log", "--replication-log-max-mb", "1000", db_path=db)  # a clean restart keeps the generation
     _writes(server, 50, 5000)
     assert server.stop() == 0
 
@@ -61,13 +61,13 @@ def test_unclean_stop_starts_a_new_generation(start_sqld, tmp_path):
     import signal
 
     db = tmp_path / "db"
-    server = start_sqld("--replication-log", db_path=db)
+    server = start_sqld("--replication-log", "--replication-log-max-mb", "1000", db_path=db)
     _writes(server, 30, 0)
     first = FrameLog(db / "main.db-replog")
     generation = first.generation
     first.close()
     server.stop(signal.SIGKILL)  # no final checkpoint: the WAL keeps frames
-    server = start_sqld("--replication-log", db_path=db)
+    server = start_sqld("--replication-log", "--replication-log-max-mb", "1000", db_path=db)
     _writes(server, 30, 100)
     assert server.stop() == 0
     assert (db / "main.db-replog.old").exists()

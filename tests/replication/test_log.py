@@ -9,7 +9,7 @@ import pytest
 
 from sqld.replication.apply import Replica, bootstrap
 from sqld.replication.log import FrameLog, LogError, SnapshotNeeded
-from sqld.replication.wal import transactions
+from sqld.replication.wal import Page, Transaction, transactions
 from tests.replication.test_wal_apply import content_hash, random_transactions
 
 
@@ -84,9 +84,25 @@ def test_torn_tail_is_cut_off_at_the_last_commit(primary, tmp_path):
     broken.close()
 
 
-def test_compacted_frames_need_a_snapshot(tmp_path):
+def test_compaction_keeps_the_generation_and_numbering(primary, tmp_path):
+    random_transactions(primary, random.Random(3), 12)
     log = FrameLog(tmp_path / "log", page_size=4096)
-    log.first_frame = 10  # as after compaction
+    _log_all(primary, tmp_path, log)
+    last, generation = log.last_commit, log.generation
+    count = len(list(log.since(0)))
+    old = log
+    log = log.compact()
+    assert (log.generation, log.base, log.last_commit, log.first_frame) == (generation, last, last, last + 1)
     with pytest.raises(SnapshotNeeded):
         list(log.since(3))
+    assert list(log.since(last)) == []
+    assert len(list(old.since(0))) == count > 0  # a reader holding the old log reads on
+    page = bytes(4096)
+    tx = Transaction((Page(1, page), Page(2, page)), 2, 0)
+    assert log.append(tx) == last + 2
     log.close()
+    reopened = FrameLog(tmp_path / "log")
+    assert (reopened.base, reopened.last_commit, reopened.generation) == (last, last + 2, generation)
+    assert [t.last_frame for t in reopened.since(last)] == [last + 2]
+    reopened.close()
+    old.close()

@@ -1,0 +1,316 @@
+"""The replica's side: keep a local copy of the primary's database up to date.
+
+``ReplicaNode.prepare`` makes sure there is a local copy (a snapshot from the primary when
+there is none, or the position saved by the last run, with its redo record replayed);
+``run`` then follows the primary for as long as the server runs: it streams committed
+transactions (``START_REPLICATION``) and applies them, several at once when they arrive
+together (readers see whole transactions only, the newest state of a batch), reconnects
+when the primary goes away (every ``poll_interval`` seconds, doubling up to 5 s), and
+bootstraps again, in place, when the primary has another history or compacted the frames
+it needs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from sqld.pgwire import messages as m
+from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.replication import protocol as p
+from sqld.replication.apply import Position, Replica, merge
+from sqld.replication.wal import Transaction
+
+log = logging.getLogger(__name__)
+
+
+class PrimaryError(Exception):
+    """The primary refused or broke the replication conversation."""
+
+    def __init__(self, message: str, sqlstate: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ReplicaNode:
+    def __init__(self, primary_host: str, primary_port: int, db_file: Path, *, database: str = "main",
+                 user: str = "sqld-replica", poll_interval: float = 0.5, durable: bool = False) -> None:
+        self.host, self.port = primary_host, primary_port
+        self.db_file = Path(db_file)
+        self.state_file = Path(str(db_file) + "-replica")
+        self.database = database
+        self.user = user
+        self.poll_interval = poll_interval
+        self.durable = durable
+        self.replica: Replica | None = None
+        self.applied = 0          # the last frame applied here
+        self.primary_frame = 0    # the primary's last frame, as last heard
+        self.lag = 0.0            # seconds from the primary's commit to its apply here (last batch)
+        self.lags: collections.deque[float] = collections.deque(maxlen=10000)
+        self.connected = False
+        self.heard_at = 0.0       # monotonic time the primary was last heard from
+        self.on_apply = None      # (frame, schema_changed) -> None, on the event loop
+        self._progress = anyio.Event()
+        self._bootstrap_needed = False
+
+    @property
+    def generation(self) -> bytes | None:
+        pos = self.replica.position if self.replica else None
+        return pos.generation if pos else None
+
+    # -- waiting for frames -------------------------------------------------------------------
+
+    async def wait_for(self, frame: int, timeout: float) -> bool:
+        """Wait until ``frame`` is applied here; False if ``timeout`` passed first."""
+        if self.applied >= frame:
+            return True
+        with anyio.move_on_after(timeout):
+            while self.applied < frame:
+                await self._progress.wait()
+            return True
+        return False
+
+    def _advanced(self, frame: int, schema_changed: bool) -> None:
+        self.applied = frame
+        if self.on_apply is not None:
+            self.on_apply(frame, schema_changed)
+        event, self._progress = self._progress, anyio.Event()
+        event.set()
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """A local copy to serve: the saved one, or a snapshot (waiting for the primary)."""
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.db_file.exists() and self.state_file.exists():
+            replica = await anyio.to_thread.run_sync(self._open)
+            if replica.position is not None:
+                self.replica = replica
+                self.applied = replica.position.frame
+                log.info("replica %s at frame %d (generation %s)", self.db_file, self.applied,
+                         replica.position.generation.hex()[:8])
+                return
+            replica.close()
+        for stale in (self.db_file, self.state_file, Path(str(self.db_file) + "-journal")):
+            if stale.exists():
+                log.warning("replica: %s has no valid position: bootstrapping again", stale)
+                stale.unlink()
+        delay = self.poll_interval
+        while True:
+            try:
+                async with await self._connect() as stream:
+                    await self._bootstrap(stream, Decoder(m.BACKEND))
+                return
+            except (OSError, PrimaryError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                log.warning("replica: cannot bootstrap from primary %s:%d yet: %s", self.host, self.port, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _open(self) -> Replica:
+        return Replica(str(self.db_file), str(self.state_file), durable=self.durable)
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = self.poll_interval
+        while True:
+            try:
+                async with await self._connect() as stream:
+                    decoder = Decoder(m.BACKEND)
+                    self.connected = True
+                    self.heard_at = time.monotonic()
+                    delay = self.poll_interval
+                    log.info("replica: following primary %s:%d from frame %d", self.host, self.port, self.applied)
+                    await self._follow(stream, decoder)
+            except PrimaryError as exc:
+                if exc.sqlstate == p.NEEDS_BOOTSTRAP:
+                    log.warning("replica: %s: bootstrapping again", exc)
+                    self._bootstrap_needed = True
+                    delay = 0
+                else:
+                    log.warning("replica: primary %s:%d: %s", self.host, self.port, exc)
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError) as exc:
+                if self.connected:
+                    log.warning("replica: lost the primary %s:%d (%s); serving reads as of frame %d",
+                                self.host, self.port, exc or type(exc).__name__, self.applied)
+            finally:
+                self.connected = False
+            await anyio.sleep(delay)
+            delay = min(max(delay * 2, self.poll_interval), 5.0)
+
+    async def _connect(self) -> anyio.abc.SocketStream:
+        with anyio.fail_after(5):
+            stream = await anyio.connect_tcp(self.host, self.port)
+        stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(6, 1, 1)  # TCP_NODELAY
+        params = {"user": self.user, "database": self.database, p.STARTUP_PARAM: p.STARTUP_VALUE,
+                  "application_name": "sqld-replica"}
+        await stream.send(m.StartupMessage(params).encode())
+        self._startup_decoder = decoder = Decoder(m.BACKEND)
+        while True:
+            msg = await self._next(stream, decoder)
+            if isinstance(msg, m.ErrorResponse):
+                raise PrimaryError(msg.message, msg.sqlstate)
+            if isinstance(msg, m.Authentication) and msg.code != m.AUTH_OK:
+                raise PrimaryError(f"the primary asks for an authentication method ({msg.code}) replicas lack")
+            if isinstance(msg, m.ReadyForQuery):
+                return _Buffered(stream, decoder)
+
+    @staticmethod
+    async def _next(stream, decoder: Decoder):
+        while True:
+            msg = decoder.next_message()
+            if msg is not NEED_DATA:
+                return msg
+            decoder.feed(await stream.receive(1 << 20))
+
+    async def _query(self, stream, decoder, sql: str) -> list[tuple[bytes | None, ...]]:
+        """A replication command that answers rows (IDENTIFY_SYSTEM)."""
+        await stream.send(m.Query(sql).encode())
+        rows = []
+        error = None
+        while True:
+            msg = await self._next(stream, decoder)
+            if isinstance(msg, m.DataRow):
+                rows.append(msg.values)
+            elif isinstance(msg, m.ErrorResponse):
+                error = PrimaryError(msg.message, msg.sqlstate)
+            elif isinstance(msg, m.ReadyForQuery):
+                if error:
+                    raise error
+                return rows
+
+    async def _bootstrap(self, stream, decoder) -> None:
+        tmp = Path(str(self.state_file) + ".snapshot")
+        await stream.send(m.Query("BASE_BACKUP").encode())
+        info = None
+        error = None
+        with open(tmp, "wb") as f:
+            while True:
+                msg = await self._next(stream, decoder)
+                if isinstance(msg, m.CopyData):
+                    await anyio.to_thread.run_sync(f.write, msg.data)
+                elif isinstance(msg, m.DataRow):
+                    info = msg.values
+                elif isinstance(msg, m.ErrorResponse):
+                    error = PrimaryError(msg.message, msg.sqlstate)
+                elif isinstance(msg, m.ReadyForQuery):
+                    break
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+        if error or info is None:
+            tmp.unlink(missing_ok=True)
+            raise error or PrimaryError("BASE_BACKUP sent no snapshot")
+        generation, frame, _, size = bytes.fromhex(info[0].decode()), int(info[1]), int(info[2]), int(info[3])
+        if tmp.stat().st_size != size:
+            tmp.unlink(missing_ok=True)
+            raise PrimaryError(f"the snapshot was cut short ({tmp.stat().st_size} of {size} bytes)")
+        position = Position(generation, frame)
+        if self.replica is None:
+            os.replace(tmp, self.db_file)
+            self.replica = await anyio.to_thread.run_sync(self._open)
+            await anyio.to_thread.run_sync(self.replica.set_position, position)
+            self.applied = frame
+        else:
+            changed = await anyio.to_thread.run_sync(self.replica.replace_with, str(tmp), position)
+            tmp.unlink(missing_ok=True)
+            self._advanced(frame, changed)
+        self._bootstrap_needed = False
+        log.info("replica: bootstrapped from a snapshot at frame %d (%d bytes, generation %s)", frame, size,
+                 generation.hex()[:8])
+
+    async def _follow(self, stream, decoder) -> None:
+        rows = await self._query(stream, decoder, "IDENTIFY_SYSTEM")
+        generation = bytes.fromhex(rows[0][0].decode())
+        self.primary_frame = int(rows[0][1])
+        if self._bootstrap_needed or generation != self.generation:
+            if generation != self.generation:
+                log.warning("replica: the primary has another history (generation %s, ours %s): bootstrapping",
+                            generation.hex()[:8], (self.generation or b"").hex()[:8])
+            await self._bootstrap(stream, decoder)
+        await stream.send(m.Query(f"START_REPLICATION {self.generation.hex()} {self.applied}").encode())
+        pages: list = []
+        batch: list[Transaction] = []
+        last: list[tuple[int, float]] = []  # (frame, commit time) of each transaction in the batch
+        page_size = self.replica_page_size()
+        while True:
+            msg = decoder.next_message()
+            if msg is NEED_DATA:
+                if batch:
+                    await self._apply(batch, last)
+                    batch, last = [], []
+                # The primary sends a keepalive every second: silence means it is gone.
+                with anyio.fail_after(max(5.0, 4 * self.poll_interval)):
+                    decoder.feed(await stream.receive(1 << 20))
+                continue
+            self.heard_at = time.monotonic()
+            if isinstance(msg, m.CopyData):
+                data = msg.data
+                kind = data[:1]
+                if kind == b"w":
+                    frame, primary_frame, commit_time, db_size, count = p.COMMIT.unpack_from(data, 1)
+                    pages += p.decode_pages(data, 1 + p.COMMIT.size, count, page_size)
+                    batch.append(Transaction(tuple(pages), db_size, 0))
+                    pages = []
+                    last.append((frame, commit_time))
+                    self.primary_frame = max(self.primary_frame, primary_frame)
+                    if len(batch) >= 512:
+                        await self._apply(batch, last)
+                        batch, last = [], []
+                elif kind == b"p":
+                    (count,) = p.PAGES.unpack_from(data, 1)
+                    pages += p.decode_pages(data, 1 + p.PAGES.size, count, page_size)
+                elif kind == b"k":
+                    primary_frame, _ = p.KEEPALIVE.unpack_from(data, 1)
+                    self.primary_frame = max(self.primary_frame, primary_frame)
+            elif isinstance(msg, m.ErrorResponse):
+                if batch:
+                    await self._apply(batch, last)
+                raise PrimaryError(msg.message, msg.sqlstate)
+            elif isinstance(msg, (m.CopyDone, m.ReadyForQuery)):
+                raise PrimaryError("the primary ended the replication stream")
+
+    def replica_page_size(self) -> int:
+        return Replica._page_size(self.replica.fd)
+
+    async def _apply(self, batch: list[Transaction], frames: list[tuple[int, float]]) -> None:
+        frame = frames[-1][0]
+        tx = batch[0] if len(batch) == 1 else merge(batch)
+        changed = await anyio.to_thread.run_sync(self.replica.apply, tx, Position(self.generation, frame))
+        now = time.time()
+        for _, commit_time in frames:
+            if commit_time:
+                self.lag = max(0.0, now - commit_time)
+                self.lags.append(self.lag)
+        self._advanced(frame, changed)
+
+    def status(self) -> dict:
+        return {"applied": self.applied, "primary": self.primary_frame,
+                "lag_frames": max(0, self.primary_frame - self.applied), "lag_ms": round(self.lag * 1000, 3),
+                "connected": self.connected}
+
+    def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+            self.replica = None
+
+
+class _Buffered:
+    """The connected stream, as an async context manager that closes it."""
+
+    def __init__(self, stream, decoder) -> None:
+        self.stream = stream
+        self.decoder = decoder
+
+    async def __aenter__(self):
+        return self.stream
+
+    async def __aexit__(self, *exc):
+        await self.stream.aclose()

@@ -1,0 +1,215 @@
+"""The primary's side of a replication connection: snapshots and the stream of frames.
+
+``serve`` runs once a connection with ``replication=sqld`` has started up (the protocol is
+in ``sqld.replication.protocol``). Frames are pushed as soon as the capture logs them: the
+capture's listener wakes the sender (thread-safe), so lag is a hand-off and a round trip,
+not a poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import anyio
+import anyio.to_thread
+import apsw
+
+from sqld.errors import ProtocolViolation, SqldError
+from sqld.pgwire import messages as m
+from sqld.pgwire import types as t
+from sqld.pgwire.codec import NEED_DATA
+from sqld.replication import protocol as p
+from sqld.replication.log import LogError, SnapshotNeeded
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_EVERY = 1.0  # seconds without a commit before a keepalive goes out
+CHUNK = 256 * 1024     # bytes of the database file per CopyData in a BASE_BACKUP
+_RFQ = m.ReadyForQuery(b"I").encode()
+
+
+class NoLog(SqldError):
+    sqlstate = "55000"
+    severity = "FATAL"
+
+
+def _capture(scheduler):
+    capture = getattr(scheduler.backend, "capture", None)
+    if capture is None:
+        raise NoLog("this server keeps no replication log",
+                    hint="Start the primary with --replication-log (the default) to serve replicas.")
+    if capture.broken:
+        raise NoLog("the replication log cannot follow this database (see the primary's log)",
+                    hint="Restart the primary: it starts a new generation, and replicas bootstrap again.")
+    return capture
+
+
+async def serve(conn, scheduler) -> None:
+    """Answer replication commands on ``conn`` (a started-up ``PgConnection``) until the
+    replica goes away."""
+    capture = _capture(scheduler)
+    while True:
+        msg = conn.decoder.next_message()
+        if msg is NEED_DATA:
+            await conn.receive()
+            continue
+        if isinstance(msg, m.Terminate):
+            return
+        if not isinstance(msg, m.Query):
+            raise ProtocolViolation(f"unexpected message {type(msg).__name__} on a replication connection")
+        words = msg.sql.strip().rstrip(";").split()
+        command = words[0].upper() if words else ""
+        try:
+            if command == "IDENTIFY_SYSTEM":
+                _row(conn, ("generation", t.TEXT), ("frame", t.INT8), ("page_size", t.INT4),
+                     values=(capture.log.generation.hex(), capture.log.last_commit, capture.log.page_size))
+                conn.write(m.CommandComplete("IDENTIFY_SYSTEM").encode())
+            elif command == "BASE_BACKUP":
+                await _base_backup(conn, scheduler, capture)
+            elif command == "START_REPLICATION" and len(words) == 3:
+                await _stream(conn, capture, words[1], words[2])
+                return
+            else:
+                raise SqldError(f"unknown replication command {msg.sql[:60]!r}", sqlstate="42601",
+                                hint="Commands: IDENTIFY_SYSTEM, BASE_BACKUP, START_REPLICATION GENERATION FRAME.")
+        except SqldError as exc:
+            if exc.severity == "FATAL":
+                raise
+            conn.write_error(exc)
+        conn.write(_RFQ)
+        await conn.flush()
+
+
+def _row(conn, *fields, values) -> None:
+    conn.write(m.RowDescription(tuple(m.Field(name, oid) for name, oid in fields)).encode())
+    conn.write(m.DataRow(tuple(str(v).encode() for v in values)).encode())
+
+
+async def _base_backup(conn, scheduler, capture) -> None:
+    path = scheduler.backend.path
+    tmp = f"{path}-replog.snapshot-{os.getpid()}-{id(conn)}.tmp"
+    reader = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        # With the writer held no commit is under way, so the read snapshot taken now is
+        # exactly the database at the log's last frame.
+        async with scheduler.writer_lock:
+            reader.execute("begin").fetchall()
+            reader.execute("select count(*) from sqlite_schema").fetchall()
+            frame, generation = capture.log.last_commit, capture.log.generation
+
+        def copy() -> None:
+            dest = apsw.Connection(tmp)
+            try:
+                with dest.backup("main", reader, "main") as b:
+                    while not b.done:
+                        b.step(4096)
+                dest.execute("pragma journal_mode=delete").fetchall()
+            finally:
+                dest.close()
+
+        await anyio.to_thread.run_sync(copy)
+        reader.close()
+        size = os.path.getsize(tmp)
+        page_size = capture.log.page_size
+        with open(tmp, "rb") as f:
+            _row(conn, ("generation", t.TEXT), ("frame", t.INT8), ("page_size", t.INT4), ("bytes", t.INT8),
+                 values=(generation.hex(), frame, page_size, size))
+            conn.write(m.CopyOutResponse(0, 0).encode())
+            while True:
+                chunk = await anyio.to_thread.run_sync(f.read, CHUNK)
+                if not chunk:
+                    break
+                conn.write(m.copy_data(chunk))
+                await conn.maybe_flush()
+        conn.write(m.COPY_DONE)
+        conn.write(m.CommandComplete("BASE_BACKUP").encode())
+        log.info("sent a snapshot at frame %d (%d bytes) to a replica", frame, size)
+    finally:
+        try:
+            reader.close()
+        except apsw.Error:
+            pass
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+async def _stream(conn, capture, generation_hex: str, frame_text: str) -> None:
+    try:
+        frame = int(frame_text)
+        generation = bytes.fromhex(generation_hex)
+    except ValueError:
+        raise SqldError("START_REPLICATION takes a generation (hex) and a frame number", sqlstate="42601") from None
+    if generation != capture.log.generation:
+        raise SqldError("the replica follows another history (generation) than this primary's",
+                        sqlstate=p.NEEDS_BOOTSTRAP, hint="Bootstrap the replica again (BASE_BACKUP).")
+    loop = asyncio.get_running_loop()
+    wake = anyio.Event()
+
+    def on_commit() -> None:  # on the committing thread
+        loop.call_soon_threadsafe(wake.set)
+
+    def check_history(log_) -> None:
+        try:
+            next(iter(log_.since(frame)), None)
+        except SnapshotNeeded:
+            raise SqldError(f"the frames after {frame} are no longer in the primary's log",
+                            sqlstate=p.NEEDS_BOOTSTRAP, hint="Bootstrap the replica again (BASE_BACKUP).") from None
+        except LogError:
+            raise SqldError(f"frame {frame} is ahead of this primary's log: another history",
+                            sqlstate=p.NEEDS_BOOTSTRAP, hint="Bootstrap the replica again (BASE_BACKUP).") from None
+
+    check_history(capture.log)
+    conn.write(m.CopyOutResponse(0, 0).encode())
+    capture.listeners.append(on_commit)
+    sent_at = time.monotonic()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, conn, tg.cancel_scope)
+            while True:
+                wake = anyio.Event()
+                current = capture.log
+                try:
+                    for tx in current.since(frame):
+                        for payload in p.encode_transaction(tx.last_frame, current.last_commit,
+                                                            capture.commit_time(tx.last_frame), tx.db_size, tx.pages):
+                            conn.write(m.copy_data(payload))
+                        frame = tx.last_frame
+                        await conn.maybe_flush()
+                except SnapshotNeeded:  # compacted past this replica while it was behind
+                    conn.write_error(SqldError(f"the frames after {frame} were compacted away",
+                                               sqlstate=p.NEEDS_BOOTSTRAP))
+                    await conn.flush()
+                    return
+                if conn.out:
+                    await conn.flush()
+                    sent_at = time.monotonic()
+                with anyio.move_on_after(max(0.0, KEEPALIVE_EVERY - (time.monotonic() - sent_at))):
+                    await wake.wait()
+                if not wake.is_set() and time.monotonic() - sent_at >= KEEPALIVE_EVERY:
+                    conn.write(m.copy_data(p.encode_keepalive(capture.log.last_commit, time.time())))
+                    await conn.flush()
+                    sent_at = time.monotonic()
+    finally:
+        try:
+            capture.listeners.remove(on_commit)
+        except ValueError:
+            pass
+
+
+async def _watch(conn, scope) -> None:
+    """The replica sends nothing while it streams: any read ending means it is gone."""
+    try:
+        while True:
+            data = await conn.stream.receive(65536)
+            conn.decoder.feed(data)
+            msg = conn.decoder.next_message()
+            if isinstance(msg, (m.Terminate, m.CopyDone)):
+                break
+    except Exception:
+        pass
+    scope.cancel()

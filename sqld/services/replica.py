@@ -1,0 +1,386 @@
+"""A replica's session: reads run on the local copy, writes go to the primary.
+
+Sits where ``SchedulerService`` sits on a primary, over one (a replica scheduler, which
+raises ``NeedsWriter`` where a primary's would take the writer). What it does:
+
+* A read-only statement runs locally, after waiting for the frame the session's
+  consistency asks for: ``read_your_writes`` (default) — the frame of this session's last
+  forwarded commit; ``strong`` — the primary's current frame (one round trip to ask);
+  ``eventual`` — no wait. The wait is bounded (``sqld.replica_wait_timeout``); past it the
+  read fails with SQLSTATE 57014 (canceled), saying why.
+* Anything else — a statement SQLite says writes, ``BEGIN IMMEDIATE``/``EXCLUSIVE``,
+  savepoints — goes to the primary over the session's own forwarded connection, opened at
+  the first write; results, counts, errors and SQLSTATEs come back as the primary sent them.
+* A transaction runs locally while it only reads. At its first write it moves to the
+  primary: the local read snapshot ends, ``BEGIN IMMEDIATE`` runs there, and if the primary
+  committed anything after the frame the transaction's reads saw, the write fails with
+  40001 (as on a primary: the reads went stale). From then on every statement of the
+  transaction, reads included, runs on the primary until COMMIT or ROLLBACK.
+* When the primary is down, reads go on (with a notice that the data may be stale) and
+  writes fail at once with 08006.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import anyio.to_thread
+
+from sqld.backends.base import Column, NeedsWriter, StatementInfo
+from sqld.client.wire import ServerError, WireConnection, WireError
+from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
+from sqld.pgwire import types as t
+from sqld.services.base import Abort, Describe, DescribeResult, Execute, Peek, StaticCursor, Sync, Terminate
+from sqld.services.compat import parse_timeout
+from sqld.sqltext import parse_one
+
+log = logging.getLogger(__name__)
+
+CONSISTENCY = "sqld.consistency"
+WAIT_TIMEOUT = "sqld.replica_wait_timeout"
+LEVELS = ("read_your_writes", "eventual", "strong")
+_WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM",
+                          "REINDEX", "ATTACH", "DETACH"))
+_DECLTYPE = {t.INT8: "INTEGER", t.INT4: "INTEGER", t.INT2: "INTEGER", t.FLOAT8: "REAL", t.FLOAT4: "REAL",
+             t.TEXT: "TEXT", t.BYTEA: "BLOB", t.BOOL: "BOOLEAN"}
+_ROLLBACK = parse_one("ROLLBACK")
+
+
+class PrimaryUnavailable(SqldError):
+    sqlstate = "08006"
+
+
+def replica_settings(settings: dict, wait_timeout: float) -> None:
+    settings.setdefault(CONSISTENCY, "read_your_writes")
+    settings.setdefault(WAIT_TIMEOUT, f"{int(wait_timeout * 1000)}ms")
+    settings["in_hot_standby"] = "on"
+
+
+class ReplicaService:
+    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, limiter) -> None:
+        self.node = node
+        self.local = local          # the SchedulerService on the local copy
+        self.state = state
+        self.primary = primary
+        self.database = database
+        self.limiter = limiter
+        self.remote: WireConnection | None = None
+        self.remote_tx = False      # a transaction is open on the primary
+        self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
+        self.wait_frame = 0         # read-your-writes: the frame of this session's last commit
+        self.on_close = None
+
+    @property
+    def status(self) -> bytes:
+        if self.remote_tx:
+            return b"E" if self.remote_failed else b"T"
+        return self.local.status
+
+    async def __call__(self, request):
+        kind = type(request)
+        if kind is Execute:
+            return await self.execute(request)
+        if kind is Describe:
+            return await self.describe(request)
+        if kind is Peek:
+            if self.remote_tx:
+                return None
+            await self._catch_up()
+            return await self.local(request)
+        if kind is Sync:
+            if self.remote_tx:
+                return self.status
+            return await self.local(request)
+        if kind is Abort:
+            if self.remote_tx:
+                if not self.state.ext:
+                    self.remote_failed = True
+                return None
+            return await self.local(request)
+        if kind is Terminate:
+            await self.local(request)
+            remote, self.remote = self.remote, None
+            if remote is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(remote.close, limiter=self.limiter)
+            return None
+        raise TypeError(f"unknown request {request!r}")
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _wait_timeout(self) -> float:
+        try:
+            return parse_timeout(self.state.settings.get(WAIT_TIMEOUT, "5s")) or 5.0
+        except SqldError:
+            return 5.0
+
+    async def _catch_up(self) -> None:
+        level = self.state.settings.get(CONSISTENCY, "read_your_writes").strip().lower()
+        if level == "eventual":
+            target = 0
+        elif level == "strong":
+            target = await self._primary_frame()
+        elif level == "read_your_writes":
+            target = self.wait_frame
+        else:
+            raise SqldError(f'invalid value for parameter "{CONSISTENCY}": "{level}"', sqlstate="22023",
+                            hint="Valid values are read_your_writes, eventual and strong.")
+        if target and self.node.applied < target:
+            timeout = self._wait_timeout()
+            if not await self.node.wait_for(target, timeout):
+                raise QueryCanceled(
+                    f"canceling statement: the replica did not reach frame {target} within {timeout:g}s "
+                    f"(it is at {self.node.applied})",
+                    detail="The session's consistency level asks for data the replica has not applied yet.",
+                    hint=f"Raise {WAIT_TIMEOUT}, or SET {CONSISTENCY} = eventual to read what the replica has.")
+
+    async def _primary_frame(self) -> int:
+        """The primary's last frame now (strong consistency): a round trip on the forwarded
+        connection, whose answer reports it."""
+        remote = await self._remote()
+        await self._call(remote.run, "select 1")
+        return int(remote.params.get("sqld.frame", "0"))
+
+    def _stale_notice(self, cur):
+        if not self.node.connected and hasattr(cur, "notice") and not cur.notice:
+            cur.notice = (f"the primary is unreachable: this replica's data may be stale "
+                          f"(as of frame {self.node.applied})")
+        return cur
+
+    async def describe(self, request: Describe) -> DescribeResult:
+        if not self.remote_tx:
+            await self._catch_up()
+            try:
+                return await self.local(request)
+            except SqldError as exc:
+                if self.local.in_tx or self.node.connected is False or exc.sqlstate == "25P02":
+                    raise
+                # A table the replica does not have yet: the primary knows the statement.
+        elif self.remote_failed:
+            raise InFailedTransaction()
+        return await self._describe_remote(request.statement.sql)
+
+    async def _describe_remote(self, sql: str) -> DescribeResult:
+        remote = await self._remote()
+        oids, fields, decltypes = await self._call(remote.describe, sql)
+        columns = ()
+        if fields:
+            columns = tuple(Column(f.name, decltypes[i] if i < len(decltypes) else None,
+                                   oid=None if i < len(decltypes) and decltypes[i] else f.type_oid)
+                            for i, f in enumerate(fields))
+        info = StatementInfo(columns=columns, param_count=len(oids), readonly=False)
+        return DescribeResult(info=info, param_decltypes=tuple(_DECLTYPE.get(o) for o in oids))
+
+    # -- statements -----------------------------------------------------------------------------
+
+    async def execute(self, req: Execute):
+        stmt = req.statement
+        verb = stmt.verb
+        if self.remote_tx:
+            return await self._in_remote_tx(req)
+        words = stmt.words
+        if verb in ("BEGIN", "START") and not self.local.in_tx and (
+                "IMMEDIATE" in words or "EXCLUSIVE" in words) and "ONLY" not in words:
+            return await self._begin_remote(req)
+        if verb == "SAVEPOINT" and not self.local.read_only_tx:
+            # Savepoints are for writing transactions: the transaction moves to the primary.
+            await self._move_to_primary(stmt)
+            return await self._in_remote_tx(req)
+        if verb not in _WRITE_VERBS:
+            if not self.local.in_tx:
+                await self._catch_up()
+            try:
+                return self._stale_notice(await self.local(req))
+            except NeedsWriter:
+                pass
+        if self.local.in_tx:
+            if self.local.failed:
+                raise InFailedTransaction()
+            await self._move_to_primary(stmt)
+            return await self._in_remote_tx(req)
+        return await self._forward(req)
+
+    async def _begin_remote(self, req: Execute):
+        cur = await self._forward(req)
+        self.remote_tx = True
+        self.remote_failed = False
+        return cur
+
+    async def _move_to_primary(self, stmt) -> None:
+        """The local (read) transaction writes: continue it on the primary, or fail 40001
+        when the primary moved on since its reads."""
+        if self.local.read_only_tx:
+            raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
+        snapshot = self.local.snapshot_seq if self.local.tx_conn is not None else None
+        await self.local(Execute(_ROLLBACK))  # ends the local snapshot (it only read)
+        remote = await self._remote()
+        await self._call(remote.run, "BEGIN IMMEDIATE")
+        self.remote_tx = True
+        self.remote_failed = False
+        frame = int(remote.params.get("sqld.frame", "0"))
+        if snapshot is not None and frame > snapshot:
+            await self._call(remote.run, "ROLLBACK")
+            self.remote_failed = True  # the client ends the transaction with ROLLBACK
+            raise SerializationFailure(
+                "could not serialize access due to concurrent update",
+                detail=f"The transaction read the replica at frame {snapshot}; the primary is at {frame}.",
+                hint="Retry the transaction, or start it with BEGIN IMMEDIATE to run it on the primary.")
+
+    async def _in_remote_tx(self, req: Execute):
+        stmt = req.statement
+        verb = stmt.verb
+        if self.remote_failed:
+            if verb in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in stmt.words:
+                await self._forward(Execute(_ROLLBACK))
+                return StaticCursor(None, [], "ROLLBACK")
+            if not (verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words):
+                raise InFailedTransaction()
+        try:
+            cur = await self._forward(req)
+        except SqldError as exc:
+            if not self.state.ext and not isinstance(exc, PrimaryUnavailable):
+                self.remote_failed = True
+            raise
+        if verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words:
+            self.remote_failed = False
+        return cur
+
+    async def _remote(self) -> WireConnection:
+        if self.remote is not None and not self.remote.closed:
+            return self.remote
+        host, port = self.primary
+        state = self.state
+        options = {"sqld.report_frame": "on"}
+        for name in ("statement_timeout", "lock_timeout"):
+            value = state.settings.get(name, "0")
+            if value not in ("0", ""):
+                options[name] = value
+
+        def connect() -> WireConnection:
+            return WireConnection(host, port, user=state.user, database=self.database, timeout=2.0,
+                                  application_name=f"sqld-replica/{state.application_name}"[:63], options=options)
+
+        try:
+            self.remote = await anyio.to_thread.run_sync(connect, limiter=self.limiter)
+        except WireError as exc:
+            raise PrimaryUnavailable(f"cannot forward the write to the primary: {exc}",
+                                     hint="This server is a replica; writes go to its primary, which is unreachable. "
+                                     "Reads are still served here.") from None
+        except ServerError as exc:
+            raise _as_error(exc) from None
+        return self.remote
+
+    async def _call(self, fn, *args):
+        """Run a blocking call on the forwarded connection, passing on a cancel request."""
+        remote = self.remote
+        state = self.state
+        state.cancel_requested = False
+        state.executing = True
+        outcome: tuple = (False, None)
+        try:
+            async with anyio.create_task_group() as tg:
+                async def watch_cancel() -> None:
+                    while not state.cancel_requested:
+                        await anyio.sleep(0.05)
+                    await anyio.to_thread.run_sync(remote.cancel)
+
+                tg.start_soon(watch_cancel)
+                try:
+                    outcome = (True, await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter))
+                except Exception as exc:
+                    outcome = (False, exc)
+                finally:
+                    tg.cancel_scope.cancel()
+            ok, value = outcome
+            if not ok:
+                raise value
+            return value
+        except ServerError as exc:
+            raise _as_error(exc) from None
+        except WireError as exc:
+            self.remote = None
+            lost_tx = self.remote_tx
+            self.remote_tx = False
+            self.remote_failed = False
+            raise PrimaryUnavailable(
+                f"lost the connection to the primary: {exc}",
+                detail="The open transaction on the primary was rolled back." if lost_tx else None) from None
+        finally:
+            state.executing = False
+
+    async def _forward(self, req: Execute):
+        remote = await self._remote()
+        stmt = req.statement
+        result = await self._call(remote.run, stmt.sql, req.params)
+        self.remote_tx = remote.status != b"I"
+        if remote.status == b"E":
+            self.remote_failed = True
+        if not self.remote_tx:
+            frame = int(remote.params.get("sqld.frame", "0"))
+            self.wait_frame = max(self.wait_frame, frame)  # read your writes: wait for this commit
+        state = self.state
+        state.total_changes += result.changes
+        if stmt.verb in ("INSERT", "REPLACE") and result.last_rowid is not None:
+            state.last_rowid = result.last_rowid
+        columns = None
+        if result.has_rows:
+            decltypes = result.decltypes or [None] * len(result.names)
+            columns = tuple(Column(n, d) for n, d in zip(result.names, decltypes))
+        return StaticCursor(columns, result.rows, result.tag or stmt.verb)
+
+
+def _as_error(exc: ServerError) -> SqldError:
+    r = exc.response
+    err = SqldError(r.message, sqlstate=r.sqlstate, detail=r.detail, hint=r.hint,
+                    severity="ERROR" if r.severity == "FATAL" else None)
+    err.sqlite_code = r.sqlite_code
+    return err
+
+
+def replica_functions(node):
+    """SQL functions a replica adds: where it stands against its primary."""
+
+    def applied(st):
+        return node.applied
+
+    def primary(st):
+        return node.primary_frame
+
+    def lag_ms(st):
+        return round(node.lag * 1000, 3)
+
+    def status(st):
+        import json
+
+        return json.dumps(node.status())
+
+    return [("sqld_replica_frame", 0, applied), ("sqld_primary_frame", 0, primary),
+            ("sqld_replication_lag_ms", 0, lag_ms), ("sqld_replication_status", 0, status)]
+
+
+
+class ReplicaSessions:
+    """Each session of a replica: the replica service over the local scheduler. A replica
+    serves one database, its primary's ``database`` (also reachable as ``main``)."""
+
+    def __init__(self, node, scheduler, *, primary: tuple[str, int], database: str, wait_timeout: float,
+                 max_connections: int) -> None:
+        self.node = node
+        self.scheduler = scheduler
+        self.primary = primary
+        self.database = database
+        self.wait_timeout = wait_timeout
+        # Forwarded calls block a worker thread each: one per session at most.
+        self.limiter = anyio.CapacityLimiter(max_connections)
+
+    async def __call__(self, state):
+        from sqld.services.databases import UnknownDatabase
+
+        if state.database not in ("", "main", self.database):
+            raise UnknownDatabase(f'database "{state.database}" does not exist',
+                                  hint=f'This replica serves its primary\'s database "{self.database}".')
+        replica_settings(state.settings, self.wait_timeout)
+        local = await self.scheduler(state)
+        return ReplicaService(self.node, local, state, primary=self.primary, database=self.database,
+                              limiter=self.limiter)
