@@ -94,6 +94,10 @@ class LibsqlConnection:
         return False
 
     def _raise(self, exc: apsw.Error):
+        if isinstance(exc, apsw.BusyError) and self._budget is not None:
+            # An inline run met a lock (a replica's applier at work): it gave up at once
+            # rather than sleep on the event loop; it runs again on a thread, where it waits.
+            raise BudgetExceeded() from None
         if isinstance(exc, apsw.InterruptError) and self._stop:
             stop, self._stop = self._stop, None
             if stop == "budget":

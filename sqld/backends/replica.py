@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import apsw
 
@@ -31,10 +32,24 @@ class ReplicaBackend:
 
     def _connect(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-        # Readers wait (briefly) while a transaction is being applied under the exclusive lock.
-        conn.set_busy_timeout(self.busy_timeout_ms)
         conn.execute(f"pragma foreign_keys={'on' if self.foreign_keys else 'off'}").fetchall()
-        return LibsqlConnection(conn, readonly=True)
+        wrapped = LibsqlConnection(conn, readonly=True)
+        limit = self.busy_timeout_ms / 1000
+
+        def busy(attempts: int) -> bool:
+            # Readers wait while a transaction is applied under the exclusive lock — on a
+            # worker thread only: an inline run (on the event loop) gives up at once and is
+            # run again on a thread (LibsqlConnection turns that into BudgetExceeded).
+            if wrapped._budget is not None:
+                return False
+            delay = min(0.0005 * (2 ** min(attempts, 7)), 0.05)
+            if attempts * 0.05 > limit:
+                return False
+            time.sleep(delay)
+            return True
+
+        conn.set_busy_handler(busy)
+        return wrapped
 
     def open(self) -> None:
         self._writer = self._connect()

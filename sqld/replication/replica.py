@@ -118,7 +118,26 @@ class ReplicaNode:
 
     # -- following ----------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, report_every: float = 30.0) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report, report_every)
+            await self._run()
+            tg.cancel_scope.cancel()
+
+    async def _report(self, every: float) -> None:
+        """The lag in the log: applied and primary frames, commit-to-apply percentiles."""
+        while True:
+            await anyio.sleep(every)
+            lags = sorted(self.lags)
+            self.lags.clear()
+            if not lags and self.applied == self.primary_frame:
+                continue
+            pct = (lambda q: lags[min(len(lags) - 1, int(q * len(lags)))] * 1000) if lags else (lambda q: 0.0)
+            log.info("replica at frame %d, primary at %d%s; lag over %d commits: p50 %.1f ms, p99 %.1f ms, "
+                     "max %.1f ms", self.applied, self.primary_frame, "" if self.connected else " (disconnected)",
+                     len(lags), pct(0.5), pct(0.99), pct(1.0))
+
+    async def _run(self) -> None:
         delay = self.poll_interval
         while True:
             try:
@@ -140,6 +159,8 @@ class ReplicaNode:
                 if self.connected:
                     log.warning("replica: lost the primary %s:%d (%s); serving reads as of frame %d",
                                 self.host, self.port, exc or type(exc).__name__, self.applied)
+            except Exception:  # e.g. the applier waited too long for a reader's lock: start over
+                log.exception("replica: following the primary failed; retrying")
             finally:
                 self.connected = False
             await anyio.sleep(delay)

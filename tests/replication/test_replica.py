@@ -1,0 +1,372 @@
+"""Replicas as real processes on loopback: local reads, forwarded writes, consistency levels,
+transactions that move to the primary, the primary going away and coming back, restarts,
+compaction and a new history."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import apsw
+import psycopg
+import pytest
+
+from tests.replication.test_wal_apply import content_hash
+
+
+def replica_of(start_sqld, primary, *args, db_path=None):
+    return start_sqld("--primary", f"{primary.host}:{primary.port}", "--poll-interval", "0.05", *args,
+                      db_path=db_path)
+
+
+def status(server) -> dict:
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        return json.loads(c.execute("select sqld_replication_status()").fetchone()[0])
+
+
+def wait_caught_up(replica, primary, timeout=30.0) -> None:
+    """Until the replica has applied everything the primary committed."""
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table if not exists _mark(n)")
+        c.execute("insert into _mark values (1)")  # a commit whose frame the replica reports once applied
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = status(replica)
+        if st["connected"] and st["applied"] == st["primary"] and st["applied"] > 0:
+            with psycopg.connect(replica.dsn(), autocommit=True) as c:
+                if c.execute("select count(*) from _mark").fetchone()[0] == \
+                        _count(primary, "_mark"):
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"replica did not catch up: {status(replica)}")
+
+
+def _count(server, table) -> int:
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        return c.execute(f"select count(*) from {table}").fetchone()[0]
+
+
+def file_hash(path) -> tuple[str, list]:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return content_hash(conn), conn.execute("pragma integrity_check").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pair(start_sqld, tmp_path):
+    primary = start_sqld(db_path=tmp_path / "primary")
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table t(id integer primary key, v text unique)")
+        c.execute("insert into t(v) values ('a'), ('b')")
+    replica = replica_of(start_sqld, primary, db_path=tmp_path / "replica")
+    return primary, replica
+
+
+def test_reads_are_local_and_writes_go_to_the_primary(pair):
+    primary, replica = pair
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        assert c.execute("select v from t order by id").fetchall() == [("a",), ("b",)]
+        assert c.execute("show in_hot_standby").fetchone() == ("on",)
+        cur = c.execute("insert into t(v) values (%s), (%s) returning id", ("c", "d"))
+        assert cur.fetchall() == [(3,), (4,)]
+        assert cur.rowcount == 2
+        # read-your-writes: the next read on the replica sees them
+        assert c.execute("select count(*) from t").fetchone() == (4,)
+        assert c.execute("update t set v = v || '!' where id > 2").rowcount == 2
+        with pytest.raises(psycopg.errors.UniqueViolation) as err:
+            c.execute("insert into t(v) values ('a')")
+        assert err.value.sqlstate == "23505"
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            c.execute("insert into nosuch values (1)")
+        c.execute("create table made_on_replica(x integer)")
+        c.execute("insert into made_on_replica values (42)")
+        assert c.execute("select x from made_on_replica").fetchall() == [(42,)]
+        c.execute("pragma user_version = 7")  # a pragma that writes is a write too
+        assert c.execute("pragma user_version").fetchone() == (7,)
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        assert c.execute("select v from t order by id").fetchall() == [("a",), ("b",), ("c!",), ("d!",)]
+        assert c.execute("pragma user_version").fetchone() == (7,)
+
+
+def test_a_transaction_moves_to_the_primary_at_its_first_write(pair):
+    primary, replica = pair
+    with psycopg.connect(replica.dsn()) as c:
+        assert c.execute("select count(*) from t").fetchone() == (2,)  # begins on the replica
+        c.execute("insert into t(v) values ('in tx')")
+        assert c.execute("select count(*) from t").fetchone() == (3,)  # now on the primary: sees its write
+        with psycopg.connect(primary.dsn(), autocommit=True) as other:  # not committed yet
+            assert other.execute("select count(*) from t").fetchone() == (2,)
+        c.commit()
+        assert c.execute("select count(*) from t").fetchone() == (3,)
+        c.rollback()
+        c.execute("insert into t(v) values ('rolled back')")
+        c.rollback()
+        assert c.execute("select count(*) from t where v = 'rolled back'").fetchone() == (0,)
+        c.rollback()
+        # an error aborts the transaction, as in PostgreSQL, until ROLLBACK
+        c.execute("insert into t(v) values ('x1')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute("insert into t(v) values ('a')")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute("select 1")
+        c.rollback()
+        assert c.execute("select count(*) from t where v = 'x1'").fetchone() == (0,)
+        c.rollback()
+
+
+def test_reads_gone_stale_fail_the_write_with_40001(pair):
+    primary, replica = pair
+    with psycopg.connect(replica.dsn()) as c:
+        assert c.execute("select count(*) from t").fetchone() == (2,)
+        with psycopg.connect(primary.dsn(), autocommit=True) as other:
+            other.execute("insert into t(v) values ('meanwhile')")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            c.execute("update t set v = 'x' where id = 1")
+        c.rollback()
+        # retried, it sees the new row and writes
+        assert c.execute("select count(*) from t").fetchone() == (3,)
+        c.execute("update t set v = 'x' where id = 1")
+        c.commit()
+    with psycopg.connect(replica.dsn()) as c:  # BEGIN IMMEDIATE goes to the primary at once
+        c.execute("begin immediate")
+        c.execute("update t set v = 'y' where id = 1")
+        c.commit()
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        assert c.execute("select v from t where id = 1").fetchone() == ("y",)
+        c.execute("begin read only")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            c.execute("delete from t")
+        c.execute("rollback")
+
+
+def test_consistency_levels(pair):
+    primary, replica = pair
+    with psycopg.connect(replica.dsn(), autocommit=True) as c, \
+            psycopg.connect(primary.dsn(), autocommit=True) as p:
+        assert c.execute("show sqld.consistency").fetchone() == ("read_your_writes",)
+        c.execute("set sqld.consistency = strong")
+        for i in range(20):  # strong: each read sees every commit made before it began
+            p.execute("insert into t(v) values (%s)", (f"s{i}",))
+            assert c.execute("select count(*) from t").fetchone() == (3 + i,)
+        c.execute("set sqld.consistency = eventual")
+        assert c.execute("select count(*) from t").fetchone()[0] <= 22
+        c.execute("set sqld.consistency = sometimes")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("select 1")
+        c.execute("reset sqld.consistency")
+
+
+def test_read_your_writes_under_concurrent_load(pair):
+    primary, replica = pair
+    stop = threading.Event()
+    failures: list = []
+
+    def load() -> None:
+        with psycopg.connect(primary.dsn(), autocommit=True) as p:
+            p.execute("create table if not exists noise(x)")
+            while not stop.is_set():
+                p.execute("insert into noise values (randomblob(2000))")
+
+    def session(n: int) -> None:
+        try:
+            with psycopg.connect(replica.dsn(), autocommit=True) as c:
+                for i in range(60):
+                    v = f"ryw-{n}-{i}"
+                    (rid,) = c.execute("insert into t(v) values (%s) returning id", (v,)).fetchone()
+                    got = c.execute("select v from t where id = %s", (rid,)).fetchone()
+                    if got != (v,):
+                        failures.append((v, got))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    sessions = [threading.Thread(target=session, args=(n,)) for n in range(6)]
+    for s in sessions:
+        s.start()
+    for s in sessions:
+        s.join(60)
+    stop.set()
+    loader.join(30)
+    assert failures == []
+    assert _count(primary, "t") == 2 + 6 * 60
+
+
+def test_primary_down_reads_go_on_writes_fail_fast_and_it_comes_back(pair):
+    primary, replica = pair
+    notices = []
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        assert primary.stop() == 0
+        deadline = time.monotonic() + 10
+        while status(replica)["connected"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.execute("select count(*) from t").fetchone() == (2,)
+        assert any("stale" in n for n in notices)
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as err:
+            c.execute("insert into t(v) values ('while down')")
+        assert err.value.sqlstate == "08006"
+        assert time.monotonic() - started < 3
+        primary.start()  # the same port and database
+        c.execute("insert into t(v) values ('after')")  # the session reconnects to forward
+        assert c.execute("select count(*) from t").fetchone() == (3,)
+    wait_caught_up(replica, primary)
+    assert "bootstrapped" not in replica.log().split("following primary")[-1]
+
+
+def test_kill_9_replica_and_clean_primary_restart_resume_without_bootstrap(pair, start_sqld, tmp_path):
+    primary, replica = pair
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        for i in range(50):
+            c.execute("insert into t(v) values (%s)", (f"k{i}",))
+    replica.stop(signal.SIGKILL)
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        for i in range(50):
+            c.execute("insert into t(v) values (%s)", (f"while-dead{i}",))
+    replica.start()
+    wait_caught_up(replica, primary)
+    assert replica.log().count("bootstrapped from a snapshot") == 1  # only the very first time
+    assert primary.stop() == 0
+    primary.start()
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("insert into t(v) values ('after restart')")
+    wait_caught_up(replica, primary)
+    assert replica.log().count("bootstrapped from a snapshot") == 1  # same generation: resumed
+    replica.stop()
+    primary.stop()
+    assert file_hash(tmp_path / "replica" / "main.db") == file_hash(tmp_path / "primary" / "main.db")
+
+
+def test_new_replica_after_compaction_and_a_new_history(start_sqld, tmp_path):
+    primary = start_sqld("--replication-log-max-mb", "1", db_path=tmp_path / "primary")
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table big(id integer primary key, b blob)")
+        for _ in range(120):
+            c.execute("insert into big(b) values (randomblob(20000))")
+    assert "compacting replication log" in primary.log()
+    replica = replica_of(start_sqld, primary, db_path=tmp_path / "replica")
+    wait_caught_up(replica, primary)
+    assert _count(replica, "big") == 120
+    # the primary is replaced by another database on the same address: another history
+    primary.stop()
+    other = start_sqld(db_path=tmp_path / "other")
+    other.stop()
+    other.port = primary.port
+    other.start()
+    with psycopg.connect(other.dsn(), autocommit=True) as c:
+        c.execute("create table fresh(x)")
+        c.execute("insert into fresh values ('new history')")
+    wait_caught_up(replica, other)
+    assert "another history" in replica.log()
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        assert c.execute("select x from fresh").fetchall() == [("new history",)]
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            c.execute("select count(*) from big")
+    replica.stop()
+    other.stop()
+    assert file_hash(tmp_path / "replica" / "main.db") == file_hash(tmp_path / "other" / "main.db")
+
+
+def _random_work(dsn: str, seed: int, count: int, errors: list) -> None:
+    """``count`` random transactions: inserts of small rows and multi-page BLOBs, updates,
+    deletes, DDL, an index, VACUUM, explicit transactions (some rolled back, some reading
+    first), each retried on 40001."""
+    import random
+
+    rng = random.Random(seed)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        done = 0
+        while done < count:
+            kind = rng.random()
+            try:
+                if kind < 0.35:
+                    c.execute("insert into r(v, b) values (%s, %s)",
+                              (rng.random(), rng.randbytes(rng.choice([0, 10, 300, 5000, 40000]))))
+                elif kind < 0.5:
+                    c.execute("update r set v = %s where id %% 13 = %s", (rng.random(), rng.randint(0, 12)))
+                elif kind < 0.6:
+                    c.execute("delete from r where id %% 17 = %s", (rng.randint(0, 16),))
+                elif kind < 0.8:
+                    with c.transaction():
+                        if rng.random() < 0.5:
+                            c.execute("select count(*) from r").fetchone()  # reads first: may go stale
+                        for _ in range(rng.randint(1, 4)):
+                            c.execute("insert into r(v, b) values (%s, randomblob(%s))",
+                                      (f"tx{seed}", rng.choice([1, 1000, 9000])))
+                        c.execute("update r set v = v || '.' where id = (select max(id) from r)")
+                elif kind < 0.85:
+                    try:
+                        with c.transaction():
+                            c.execute("insert into r(v) values ('never')")
+                            raise _Rollback()
+                    except _Rollback:
+                        pass
+                elif kind < 0.93:
+                    n = rng.randint(0, 4)
+                    c.execute(f"create table if not exists extra{n}(x, y)")
+                    c.execute(f"insert into extra{n}(x, y) values (%s, %s)", (seed, done))
+                elif kind < 0.97:
+                    c.execute("create index if not exists r_v on r(v)")
+                    if rng.random() < 0.3:
+                        c.execute("drop index if exists r_v")
+                elif kind < 0.985:
+                    c.execute(f"alter table extra{rng.randint(0, 4)} add column z{done}_{seed}")
+                else:
+                    c.execute("vacuum")
+                done += 1
+            except psycopg.errors.SerializationFailure:
+                continue  # retried
+            except psycopg.errors.UndefinedTable:
+                done += 1  # ALTER of a table no one created yet
+            except psycopg.Error as exc:
+                errors.append(exc)
+                done += 1
+
+
+class _Rollback(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_random_transactions_through_two_replicas_and_the_primary(start_sqld, tmp_path):
+    """10,000 random transactions sent through two replicas and the primary at once; one
+    replica is killed (-9) and restarted half-way; afterwards all three files hold the same
+    schema and rows and pass integrity_check."""
+    total = 10_000
+    primary = start_sqld(db_path=tmp_path / "primary")
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table r(id integer primary key, v, b blob)")
+    r1 = replica_of(start_sqld, primary, db_path=tmp_path / "r1")
+    r2 = replica_of(start_sqld, primary, db_path=tmp_path / "r2")
+    errors: list = []
+    share = total // 3
+
+    def through_r1() -> None:
+        _random_work(r1.dsn(), 1, share // 2, errors)
+        r1.stop(signal.SIGKILL)
+        time.sleep(0.3)
+        r1.start()
+        _random_work(r1.dsn(), 11, share - share // 2, errors)
+
+    threads = [threading.Thread(target=_random_work, args=(primary.dsn(), 0, total - 2 * share, errors)),
+               threading.Thread(target=through_r1),
+               threading.Thread(target=_random_work, args=(r2.dsn(), 2, share, errors))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(600)
+    assert sorted({f"{type(e).__name__}: {e}" for e in errors}) == []
+    for replica in (r1, r2):
+        wait_caught_up(replica, primary)
+    assert r1.log().count("bootstrapped from a snapshot") == 1  # the restart resumed
+    for server in (r1, r2, primary):
+        assert server.stop() == 0
+    expected = file_hash(tmp_path / "primary" / "main.db")
+    assert expected[1] == [("ok",)]
+    assert file_hash(tmp_path / "r1" / "main.db") == expected
+    assert file_hash(tmp_path / "r2" / "main.db") == expected
