@@ -179,9 +179,11 @@ async def serve_replica(config: Config) -> None:
                               functions=sql_functions() + replica_functions(node), read_only=True)
         scheduler.commit_seq = node.applied
 
-        def on_apply(frame: int, schema_changed: bool) -> None:
+        def on_apply(frame: int, schema_changed: bool, replaced: bool) -> None:
             scheduler.commit_seq = frame  # a read transaction's snapshot frame (see services.replica)
-            if schema_changed:
+            if replaced:
+                scheduler.drop_readers()
+            elif schema_changed:
                 scheduler.schema_changed()
 
         node.on_apply = on_apply

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 
 import apsw
 
@@ -28,7 +29,8 @@ class ReplicaBackend:
         self.busy_timeout_ms = busy_timeout_ms
         self.capture = None
         self._writer: LibsqlConnection | None = None
-        self._readers: list[LibsqlConnection] = []
+        # Weak: readers the scheduler drops (drop_readers) are gone once closed.
+        self._readers: weakref.WeakSet[LibsqlConnection] = weakref.WeakSet()
 
     def _connect(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -61,13 +63,14 @@ class ReplicaBackend:
 
     def open_reader(self) -> LibsqlConnection:
         reader = self._connect()
-        self._readers.append(reader)
+        self._readers.add(reader)
         return reader
 
     def close(self) -> None:
-        for r in self._readers:
+        for r in list(self._readers):
             r.close()
         self._readers.clear()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+

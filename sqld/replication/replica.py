@@ -21,7 +21,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.to_thread
+import apsw
 
+from sqld.errors import SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.replication import protocol as p
@@ -56,7 +58,7 @@ class ReplicaNode:
         self.lags: collections.deque[float] = collections.deque(maxlen=10000)
         self.connected = False
         self.heard_at = 0.0       # monotonic time the primary was last heard from
-        self.on_apply = None      # (frame, schema_changed) -> None, on the event loop
+        self.on_apply = None      # (frame, schema_changed, replaced) -> None, on the event loop
         self._progress = anyio.Event()
         self._bootstrap_needed = False
 
@@ -77,10 +79,10 @@ class ReplicaNode:
             return True
         return False
 
-    def _advanced(self, frame: int, schema_changed: bool) -> None:
+    def _advanced(self, frame: int, schema_changed: bool, replaced: bool = False) -> None:
         self.applied = frame
         if self.on_apply is not None:
-            self.on_apply(frame, schema_changed)
+            self.on_apply(frame, schema_changed, replaced)
         event, self._progress = self._progress, anyio.Event()
         event.set()
 
@@ -89,8 +91,15 @@ class ReplicaNode:
     async def prepare(self) -> None:
         """A local copy to serve: the saved one, or a snapshot (waiting for the primary)."""
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        if self.db_file.exists() and self.state_file.exists():
-            replica = await anyio.to_thread.run_sync(self._open)
+        if self.db_file.exists():
+            if not self.state_file.exists():
+                raise SqldError(f"{self.db_file} exists and is not a replica's copy (there is no "
+                                f"{self.state_file.name} beside it): move it away, or give the replica "
+                                "another --db-path")
+            try:
+                replica = await anyio.to_thread.run_sync(self._open)
+            except (apsw.Error, ValueError) as exc:
+                raise SqldError(f"cannot use the replica's copy {self.db_file}: {exc}") from None
             if replica.position is not None:
                 self.replica = replica
                 self.applied = replica.position.frame
@@ -98,10 +107,9 @@ class ReplicaNode:
                          replica.position.generation.hex()[:8])
                 return
             replica.close()
-        for stale in (self.db_file, self.state_file, Path(str(self.db_file) + "-journal")):
-            if stale.exists():
-                log.warning("replica: %s has no valid position: bootstrapping again", stale)
-                stale.unlink()
+            log.warning("replica: %s has no valid position: bootstrapping again", self.state_file)
+            for stale in (self.db_file, self.state_file):
+                stale.unlink(missing_ok=True)
         delay = self.poll_interval
         while True:
             try:
@@ -143,10 +151,8 @@ class ReplicaNode:
             try:
                 async with await self._connect() as stream:
                     decoder = Decoder(m.BACKEND)
-                    self.connected = True
                     self.heard_at = time.monotonic()
                     delay = self.poll_interval
-                    log.info("replica: following primary %s:%d from frame %d", self.host, self.port, self.applied)
                     await self._follow(stream, decoder)
             except PrimaryError as exc:
                 if exc.sqlstate == p.NEEDS_BOOTSTRAP:
@@ -242,7 +248,7 @@ class ReplicaNode:
         else:
             changed = await anyio.to_thread.run_sync(self.replica.replace_with, str(tmp), position)
             tmp.unlink(missing_ok=True)
-            self._advanced(frame, changed)
+            self._advanced(frame, changed, replaced=True)
         self._bootstrap_needed = False
         log.info("replica: bootstrapped from a snapshot at frame %d (%d bytes, generation %s)", frame, size,
                  generation.hex()[:8])
@@ -257,6 +263,8 @@ class ReplicaNode:
                             generation.hex()[:8], (self.generation or b"").hex()[:8])
             await self._bootstrap(stream, decoder)
         await stream.send(m.Query(f"START_REPLICATION {self.generation.hex()} {self.applied}").encode())
+        self.connected = True
+        log.info("replica: following primary %s:%d from frame %d", self.host, self.port, self.applied)
         pages: list = []
         batch: list[Transaction] = []
         last: list[tuple[int, float]] = []  # (frame, commit time) of each transaction in the batch

@@ -45,6 +45,7 @@ _WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DR
 _DECLTYPE = {t.INT8: "INTEGER", t.INT4: "INTEGER", t.INT2: "INTEGER", t.FLOAT8: "REAL", t.FLOAT4: "REAL",
              t.TEXT: "TEXT", t.BYTEA: "BLOB", t.BOOL: "BOOLEAN"}
 _ROLLBACK = parse_one("ROLLBACK")
+_PASSED = ("statement_timeout", "lock_timeout")  # session settings the primary applies to forwarded statements
 
 
 class PrimaryUnavailable(SqldError):
@@ -69,6 +70,7 @@ class ReplicaService:
         self.remote_tx = False      # a transaction is open on the primary
         self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
         self.wait_frame = 0         # read-your-writes: the frame of this session's last commit
+        self.sent: dict[str, str] = {}  # settings as the forwarded connection has them
         self.on_close = None
 
     @property
@@ -252,10 +254,12 @@ class ReplicaService:
         host, port = self.primary
         state = self.state
         options = {"sqld.report_frame": "on"}
-        for name in ("statement_timeout", "lock_timeout"):
+        self.sent = {}
+        for name in _PASSED:
             value = state.settings.get(name, "0")
             if value not in ("0", ""):
                 options[name] = value
+            self.sent[name] = value
 
         def connect() -> WireConnection:
             return WireConnection(host, port, user=state.user, database=self.database, timeout=2.0,
@@ -270,6 +274,14 @@ class ReplicaService:
         except ServerError as exc:
             raise _as_error(exc) from None
         return self.remote
+
+    async def _pass_settings(self, remote: WireConnection) -> None:
+        """The session's timeouts hold on the primary too (set again when they change)."""
+        for name in _PASSED:
+            value = self.state.settings.get(name, "0")
+            if self.sent.get(name, "0") != value:
+                await self._call(remote.run, f"SET {name} = '{value.replace(chr(39), chr(39) * 2)}'")
+                self.sent[name] = value
 
     async def _call(self, fn, *args):
         """Run a blocking call on the forwarded connection, passing on a cancel request."""
@@ -311,6 +323,7 @@ class ReplicaService:
 
     async def _forward(self, req: Execute):
         remote = await self._remote()
+        await self._pass_settings(remote)
         stmt = req.statement
         result = await self._call(remote.run, stmt.sql, req.params)
         self.remote_tx = remote.status != b"I"

@@ -82,6 +82,7 @@ class Scheduler:
     limiter: anyio.CapacityLimiter = attrs.field(init=False)
     functions: list = attrs.field(factory=list)  # (name, nargs, fn(context, *args))
     commit_seq: int = 0  # write commits so far: tells a read snapshot it went stale
+    reader_epoch: int = 0  # readers opened before the last drop_readers() are closed, not pooled
     _info_cache: dict[str, StatementInfo] = attrs.field(factory=dict)
     _decltypes_cache: dict[str, dict[str, str | None]] = attrs.field(factory=dict)
     described: dict[str, DescribeResult] = attrs.field(factory=dict)  # Describe answers by SQL text
@@ -122,13 +123,28 @@ class Scheduler:
         try:
             conn = self.backend.open_reader()
             self._install(conn)
+            conn.epoch = self.reader_epoch
             return conn
         except BaseException:
             self._reader_slots.release()
             raise
 
+    def drop_readers(self) -> None:
+        """Close every pooled reader, and each reader in use when it comes back: a replica's
+        copy was replaced by another database, whose schema SQLite would not know to reload
+        when its schema cookie happens to equal the old one's."""
+        self.reader_epoch += 1
+        idle, self._idle_readers = self._idle_readers, []
+        for conn in idle:
+            conn.close()
+        self.schema_changed()
+
     def release_reader(self, conn: Connection) -> None:
         conn.finish()
+        if getattr(conn, "epoch", 0) != self.reader_epoch:
+            conn.close()
+            self._reader_slots.release()
+            return
         if conn.in_transaction():
             try:
                 conn.run("rollback")  # end its read snapshot: cheap, nothing to undo
