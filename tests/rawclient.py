@@ -9,19 +9,24 @@ from sqld.pgwire.codec import NEED_DATA, Decoder
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, user: str = "tester", database: str = "main", timeout: float = 10) -> None:
+    def __init__(self, host: str, port: int, user: str = "tester", database: str = "main", timeout: float = 10,
+                 params: dict | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.decoder = Decoder(m.BACKEND)
         self.params: dict[str, str] = {}
         self.key: m.BackendKeyData | None = None
-        self.send(m.StartupMessage({"user": user, "database": database}))
-        for msg in self.until_ready():
+        self.send(m.StartupMessage({"user": user, "database": database, **(params or {})}))
+        while True:
+            msg = self.recv()
             if isinstance(msg, m.ParameterStatus):
                 self.params[msg.name] = msg.value
             elif isinstance(msg, m.BackendKeyData):
                 self.key = msg
             elif isinstance(msg, m.ErrorResponse):
+                self.sock.close()
                 raise RuntimeError(msg)
+            elif isinstance(msg, m.ReadyForQuery):
+                break
 
     def send(self, *messages) -> None:
         self.sock.sendall(b"".join(msg.encode() for msg in messages))

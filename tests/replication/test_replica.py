@@ -376,3 +376,58 @@ def test_random_transactions_through_two_replicas_and_the_primary(start_sqld, tm
     assert expected[1] == [("ok",)]
     assert file_hash(tmp_path / "r1" / "main.db") == expected
     assert file_hash(tmp_path / "r2" / "main.db") == expected
+
+
+def test_replication_commands_and_their_errors(start_sqld, tmp_path):
+    from sqld.pgwire import messages as m
+    from tests.rawclient import RawClient
+
+    primary = start_sqld(db_path=tmp_path / "p")
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table t(x)")
+    rc = RawClient(primary.host, primary.port, params={"replication": "sqld"})
+    rows = [msg for msg in rc.query("IDENTIFY_SYSTEM") if isinstance(msg, m.DataRow)]
+    generation, frame, page_size = (v.decode() for v in rows[0].values)
+    assert len(generation) == 32 and int(frame) >= 1 and page_size == "4096"
+    errors = [msg for msg in rc.query("select 1") if isinstance(msg, m.ErrorResponse)]
+    assert errors[0].sqlstate == "42601"  # not a replication command; the connection goes on
+    errors = [msg for msg in rc.query(f"START_REPLICATION {'00' * 16} 0") if isinstance(msg, m.ErrorResponse)]
+    assert errors[0].sqlstate == "55000" and "history" in errors[0].message
+    errors = [msg for msg in rc.query(f"START_REPLICATION {generation} {int(frame) + 100}")
+              if isinstance(msg, m.ErrorResponse)]
+    assert errors[0].sqlstate == "55000"
+    rc.send(m.Query(f"START_REPLICATION {generation} 0"))
+    assert isinstance(rc.recv(), m.CopyOutResponse)
+    first = rc.recv()
+    assert isinstance(first, m.CopyData) and first.data[:1] in (b"w", b"p")
+    rc.sock.close()
+    with pytest.raises(RuntimeError, match="0A000"):
+        RawClient(primary.host, primary.port, params={"replication": "database"})  # PostgreSQL's kind
+    quiet = start_sqld("--no-replication-log", db_path=tmp_path / "q")
+    rc = RawClient(quiet.host, quiet.port, params={"replication": "sqld"})
+    rc.send(m.Query("IDENTIFY_SYSTEM"))
+    err = rc.recv()
+    assert isinstance(err, m.ErrorResponse) and "no replication log" in err.message
+    assert err.sqlstate == "55000" and "--replication-log" in err.hint
+    rc.sock.close()
+    replica = start_sqld("--primary", f"{replica_addr(primary)}", db_path=tmp_path / "r")
+    with pytest.raises(RuntimeError, match="0A000"):  # replicas do not serve replicas
+        RawClient(replica.host, replica.port, params={"replication": "sqld"})
+
+
+def replica_addr(server) -> str:
+    return f"{server.host}:{server.port}"
+
+
+def test_a_non_replica_database_is_not_overwritten(start_sqld, tmp_path):
+    primary = start_sqld(db_path=tmp_path / "p")
+    mine = start_sqld(db_path=tmp_path / "mine")
+    with psycopg.connect(mine.dsn(), autocommit=True) as c:
+        c.execute("create table precious(x)")
+    mine.stop()
+    with pytest.raises(RuntimeError, match="is not a replica's copy"):
+        replica_of(start_sqld, primary, db_path=tmp_path / "mine")
+    assert file_hash(tmp_path / "mine" / "main.db")[1] == [("ok",)]
+    conn = apsw.Connection(str(tmp_path / "mine" / "main.db"))
+    assert conn.execute("select name from sqlite_schema").fetchall() == [("precious",)]
+    conn.close()
