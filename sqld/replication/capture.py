@@ -135,9 +135,11 @@ class Capture:
         from a snapshot of the database instead."""
         log.info("compacting replication log %s (%d bytes, up to frame %d)", self.log_path, self.log.size,
                  self.log.last_commit)
-        self.log = self.log.compact()  # the old one stays open for senders reading it
+        # Half the limit stays (replicas a little behind read on); the old log object stays
+        # open for senders still reading it.
+        self.log = self.log.compact(keep_bytes=self.max_log_bytes // 2)
         try:
-            os.unlink(str(self.log_path) + ".snapshot")  # frame 0 is gone from the log
+            os.unlink(str(self.log_path) + ".snapshot")  # frame 1 is gone from the log
         except FileNotFoundError:
             pass
 

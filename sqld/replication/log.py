@@ -153,12 +153,40 @@ class FrameLog:
                     pages = {}
             offset += len(chunk) // size * size
 
-    def compact(self) -> "FrameLog":
-        """A new, empty log in this one's place: the same generation, based at the last
-        commit (the frames before it are in the database: replicas that lack them bootstrap
-        from a snapshot). Returns it; this object stays readable for readers that hold it."""
+    def compact(self, keep_bytes: int = 0) -> "FrameLog":
+        """A new log in this one's place: the same generation, keeping the last transactions
+        that fit in about ``keep_bytes`` (so replicas a little behind read on), based at the
+        commit before them (replicas that lack earlier frames bootstrap from a snapshot).
+        Returns it; this object stays readable for readers that hold it."""
+        size = self.record_size
+        count = (self._end - HEADER.size) // size
+        start = max(0, count - keep_bytes // size)  # index of the first record to keep, at most
+        base = self.last_commit
+        fd = self.file.fileno()
+        if keep_bytes and start < count:
+            # The first commit record at or after start - 1: the kept records follow it.
+            for i in range(max(0, start - 1), count):
+                frame, _, db_size, _ = RECORD.unpack(os.pread(fd, RECORD.size, HEADER.size + i * size))
+                if db_size:
+                    base, start = frame, i + 1
+                    break
+        else:
+            start = count
         tmp = self.path.with_name(self.path.name + ".tmp")
-        _write_header(tmp, self.generation, self.page_size, self.last_commit)
+        _write_header(tmp, self.generation, self.page_size, base)
+        with open(tmp, "r+b") as out:
+            out.seek(HEADER.size)
+            chain = 0
+            step = max(1, (1 << 20) // size) * size
+            for at in range(HEADER.size + start * size, self._end, step):
+                chunk = bytearray(os.pread(fd, min(step, self._end - at), at))
+                for r in range(0, len(chunk), size):  # the chain starts again in the new file
+                    chain = zlib.crc32(bytes(chunk[r : r + RECORD.size - 4]) + bytes(chunk[r + RECORD.size : r + size]),
+                                       chain)
+                    struct.pack_into(">I", chunk, r + RECORD.size - 4, chain)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, self.path)
         return FrameLog(self.path)
 

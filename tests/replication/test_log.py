@@ -106,3 +106,22 @@ def test_compaction_keeps_the_generation_and_numbering(primary, tmp_path):
     assert [t.last_frame for t in reopened.since(last)] == [last + 2]
     reopened.close()
     old.close()
+
+
+def test_compaction_keeps_a_tail_of_whole_transactions(primary, tmp_path):
+    random_transactions(primary, random.Random(21), 40)
+    log = FrameLog(tmp_path / "log", page_size=4096)
+    _log_all(primary, tmp_path, log)
+    txs = list(log.since(0))
+    log = log.compact(keep_bytes=log.size // 3)
+    kept = list(log.since(log.base))
+    assert 0 < len(kept) < len(txs)
+    assert log.base == txs[len(txs) - len(kept) - 1].last_frame  # starts after a commit
+    assert kept == txs[len(txs) - len(kept):]  # the same transactions, frames and pages
+    with pytest.raises(SnapshotNeeded):
+        list(log.since(log.base - 1))
+    log.close()
+    reopened = FrameLog(tmp_path / "log")  # the chain was rewritten: all of it is valid
+    assert (reopened.base, reopened.last_commit) == (log.base, txs[-1].last_frame)
+    assert list(reopened.since(reopened.base)) == kept
+    reopened.close()
