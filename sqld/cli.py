@@ -172,7 +172,7 @@ async def serve_replica(config: Config) -> None:
                        poll_interval=config.poll_interval, durable=config.synchronous == "full")
     log.info("replica of %s:%d (database %s): preparing %s", host, port, config.primary_database, node.db_file)
     await node.prepare()
-    backend = ReplicaBackend(node.db_file, foreign_keys=config.foreign_keys)
+    backend = ReplicaBackend(node.db_file, foreign_keys=config.foreign_keys, applier_idle=node.replica.idle)
     backend.open()
     try:
         scheduler = Scheduler(backend, max_readers=config.max_readers, inline_budget=config.inline_budget,

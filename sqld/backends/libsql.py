@@ -119,6 +119,7 @@ class LibsqlConnection:
 
         cur = self.apsw.cursor()
         cur.exec_trace = trace
+        budget, self._budget = self._budget, None  # preparing is no inline run: it may wait for a lock
         try:
             # apsw.ext.query_info binds NULLs with this same object to prepare without values
             cur.execute(sql, apsw._null_bindings, can_cache=False)
@@ -127,6 +128,7 @@ class LibsqlConnection:
         except apsw.Error as exc:
             raise from_sqlite(exc) from None
         finally:
+            self._budget = budget
             self._close_cursor(cur)
         if not got:  # an empty statement
             return StatementInfo(columns=(), param_count=0, readonly=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 
@@ -23,8 +24,11 @@ log = logging.getLogger(__name__)
 class ReplicaBackend:
     name = "replica"
 
-    def __init__(self, path: str | os.PathLike, *, foreign_keys: bool = True, busy_timeout_ms: int = 30000) -> None:
+    def __init__(self, path: str | os.PathLike, *, foreign_keys: bool = True, busy_timeout_ms: int = 30000,
+                 applier_idle: threading.Event | None = None) -> None:
         self.path = path
+        self.applier_idle = applier_idle  # set while the applier holds no lock
+        self._loop_thread = threading.get_ident()  # opened on the event loop's thread
         self.foreign_keys = foreign_keys
         self.busy_timeout_ms = busy_timeout_ms
         self.capture = None
@@ -39,15 +43,23 @@ class ReplicaBackend:
         limit = self.busy_timeout_ms / 1000
 
         def busy(attempts: int) -> bool:
-            # Readers wait while a transaction is applied under the exclusive lock — on a
-            # worker thread only: an inline run (on the event loop) gives up at once and is
-            # run again on a thread (LibsqlConnection turns that into BudgetExceeded).
+            # The lock is the applier's (in this process): wait for its signal, not a backoff
+            # that keeps missing the short gaps between applies. An inline run (on the event
+            # loop) gives up at once and runs again on a thread (LibsqlConnection turns that
+            # into BudgetExceeded); anything else on the loop waits a bounded moment only.
             if wrapped._budget is not None:
                 return False
-            delay = min(0.0005 * (2 ** min(attempts, 7)), 0.05)
-            if attempts * 0.05 > limit:
+            on_loop = threading.get_ident() == self._loop_thread
+            if attempts == 0:
+                wrapped._busy_since = time.monotonic()
+            waited = time.monotonic() - wrapped._busy_since
+            if waited > (0.1 if on_loop else limit):
                 return False
-            time.sleep(delay)
+            idle = self.applier_idle
+            if idle is not None and not idle.is_set():
+                idle.wait(0.01)  # woken the moment the apply ends
+            else:
+                time.sleep(0.0005)  # the applier is still asking for its lock
             return True
 
         conn.set_busy_handler(busy)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Iterable
@@ -78,7 +80,13 @@ class Replica:
         self.state_path = Path(state_path) if state_path else None
         self.durable = durable
         self.conn = apsw.Connection(path)
-        self.conn.set_busy_timeout(busy_timeout_ms)
+        self.lock_attempt = 0.02
+        self.busy_timeout = busy_timeout_ms / 1000
+        # Readers hold their shared lock for a statement (~0.1 ms for a point read): wait for
+        # them in fine steps, not SQLite's default sleeps of 1, 2, 5, 10… ms.
+        self.conn.set_busy_handler(lambda attempts: time.sleep(0.0002) or attempts < self.lock_attempt / 0.0002)
+        self.idle = threading.Event()  # set while no transaction is being applied
+        self.idle.set()
         mode = self.conn.execute("pragma journal_mode").fetchall()[0][0]
         if mode == "wal":
             raise ValueError(f"{path} is in WAL mode: a replica file must use a rollback journal")
@@ -101,7 +109,12 @@ class Replica:
             return  # unreadable: no position, the replica bootstraps again
         position, tx = record
         if tx.pages:
-            self._write(tx)  # redo: the last apply may have stopped half-way
+            self._lock()  # redo: the last apply may have stopped half-way
+            try:
+                self._write(tx)
+            finally:
+                self.conn.execute("commit").fetchall()
+                self.idle.set()
         self.position = position
 
     def _save(self, position: Position, tx: Transaction) -> None:
@@ -127,18 +140,37 @@ class Replica:
 
     def apply(self, tx: Transaction, position: Position | None = None) -> bool:
         """Apply one committed transaction (or several merged); return whether the schema
-        changed (the replica's statement caches must go)."""
-        conn = self.conn
-        conn.execute("begin exclusive").fetchall()  # SQLite takes the file's exclusive lock
+        changed (the replica's statement caches must go).
+
+        The redo record is written before the lock is taken (readers never look at it), so
+        readers wait only for the page writes. The lock is asked for with a short busy
+        timeout and asked again until it is had: between attempts SQLite's PENDING lock is
+        let go, so an open read transaction holds back replication, not every new reader.
+        """
+        if position is not None and self.state_path is not None:
+            self._save(position, tx)
+        self._lock()
         try:
-            if position is not None and self.state_path is not None:
-                self._save(position, tx)
             changed = self._write(tx)
         finally:
-            conn.execute("commit").fetchall()
+            self.conn.execute("commit").fetchall()
+            self.idle.set()
         if position is not None:
             self.position = position
         return changed
+
+    def _lock(self) -> None:
+        waited = 0.0
+        while True:
+            try:
+                self.conn.execute("begin exclusive").fetchall()  # the file's exclusive lock
+                self.idle.clear()  # readers that meet the lock now wait for this event
+                return
+            except apsw.BusyError:
+                waited += self.lock_attempt
+                if waited >= self.busy_timeout:
+                    raise
+                time.sleep(0.002)
 
     def _write(self, tx: Transaction) -> bool:
         fd = self.fd
