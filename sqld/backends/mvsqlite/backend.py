@@ -1,0 +1,146 @@
+"""The mvsqlite backend: the libsql backend's connections, on the page-store VFS.
+
+Each sqld process (each ``MvsqliteBackend``) writes through its own writer connection; the
+processes meet in FDB, whose conflict check makes concurrent writers serializable. A write
+transaction that loses a conflict fails at COMMIT with 40001; an autocommit statement that
+loses one is run again here (nothing of it was committed or seen: it is safe), up to
+``retries`` times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+
+import apsw
+
+from sqld.backends.libsql import LibsqlConnection
+from sqld.backends.mvsqlite import vfs as v
+from sqld.backends.mvsqlite.fdbport import Database
+from sqld.backends.mvsqlite.pagestore import CommitFailed, PageStore, SnapshotTooOld
+from sqld.errors import SerializationFailure, SqldError
+
+log = logging.getLogger(__name__)
+
+_names = itertools.count(1)
+
+
+class MvsqliteConnection(LibsqlConnection):
+    """A connection whose failed COMMITs say why (a conflict, a limit), and whose autocommit
+    statements are retried after a conflict."""
+
+    retries = 8
+
+    def _raise(self, exc: apsw.Error):
+        why = v.last_commit_error()
+        if why is not None:
+            v.clear_commit_error()
+            raise _as_sqld_error(why) from None
+        super()._raise(exc)
+
+    def start(self, sql, params, first):
+        autocommit = not self.in_transaction()
+        for attempt in range(self.retries + 1):
+            v.clear_commit_error()
+            try:
+                return super().start(sql, params, first)
+            except SerializationFailure:
+                if not autocommit or self.in_transaction() or attempt == self.retries:
+                    raise
+                time.sleep(min(0.05, 0.001 * 2 ** attempt) * random.random())
+
+    def run(self, sql: str) -> None:
+        v.clear_commit_error()
+        super().run(sql)
+
+
+def _as_sqld_error(why) -> SqldError:
+    if isinstance(why, SnapshotTooOld):
+        return SqldError(f"snapshot too old: {why}", sqlstate="72000",
+                         hint="The transaction's snapshot is older than the page store keeps; start a new one.")
+    code = getattr(why.error, "code", None) if isinstance(why, CommitFailed) else None
+    if code == 1007:
+        return SerializationFailure("the transaction is older than FoundationDB allows (5 s)",
+                                    detail=str(why), hint="Keep write transactions shorter than 5 seconds; retry.")
+    if isinstance(why, CommitFailed) and why.retryable:
+        return SerializationFailure(
+            "could not serialize access due to concurrent update",
+            detail=f"FoundationDB: {why}",
+            hint="Another process committed a change to the pages this transaction read: retry the transaction.")
+    if code == 2101:
+        return SqldError("the transaction is too large for FoundationDB (10 MB per commit)", sqlstate="54000",
+                         detail=str(why), hint="Split it into smaller transactions.")
+    if code in (2102, 2103):
+        return SqldError(f"a key or value exceeds FoundationDB's limits: {why}", sqlstate="54000")
+    return SqldError(f"FoundationDB: {why}", sqlstate="58030")
+
+
+class MvsqliteBackend:
+    """A database whose pages are in FDB under ``prefix``: a writer and readers, each an
+    apsw connection on the page-store VFS."""
+
+    name = "mvsqlite"
+
+    def __init__(self, db: Database, prefix: bytes, *, foreign_keys: bool = True, page_size: int = 4096,
+                 synchronous: str = "normal") -> None:
+        self.fdb = db
+        self.prefix = prefix
+        self.foreign_keys = foreign_keys
+        self.page_size = page_size
+        self.capture = None
+        self.path = prefix.decode(errors="replace")
+        self.store: PageStore | None = None
+        self.vfs: v.PageStoreVFS | None = None
+        self._writer: MvsqliteConnection | None = None
+        self._readers: list[MvsqliteConnection] = []
+        self._pinned: list[v.PageStoreVFS] = []
+
+    def _connect(self, readonly: bool) -> MvsqliteConnection:
+        flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        conn = apsw.Connection("mvsqlite.db", flags=flags, vfs=self.vfs.vfs_name)
+        for pragma in ("journal_mode=memory", "synchronous=normal", "cache_size=-16000",
+                       f"foreign_keys={'on' if self.foreign_keys else 'off'}"):
+            conn.execute(f"pragma {pragma}").fetchall()
+        return MvsqliteConnection(conn, readonly=readonly)
+
+    def open(self) -> None:
+        self.store = PageStore(self.fdb, self.prefix, page_size=self.page_size)
+        self.vfs = v.PageStoreVFS(f"mvsqlite-{next(_names)}", self.store)
+        conn = apsw.Connection("mvsqlite.db", vfs=self.vfs.vfs_name)
+        conn.execute(f"pragma page_size={self.store.page_size}").fetchall()
+        conn.execute("pragma journal_mode=memory").fetchall()
+        conn.execute("select count(*) from sqlite_schema").fetchall()
+        conn.close()
+        self._writer = self._connect(readonly=False)
+        log.info("opened mvsqlite database %r (page size %d)", self.prefix, self.store.page_size)
+
+    def writer(self) -> MvsqliteConnection:
+        assert self._writer is not None, "backend not open"
+        return self._writer
+
+    def open_reader(self) -> MvsqliteConnection:
+        reader = self._connect(readonly=True)
+        self._readers.append(reader)
+        return reader
+
+    def open_at(self, version: int) -> apsw.Connection:
+        """A read-only connection that sees the database exactly as of FDB version
+        ``version`` (time travel, as far back as GC allows). Close it when done."""
+        vfs = v.PageStoreVFS(f"mvsqlite-{next(_names)}-at-{version}", self.store, pinned=version)
+        conn = apsw.Connection("mvsqlite.db", flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs.vfs_name)
+        conn.execute("pragma journal_mode=memory").fetchall()
+        self._pinned.append(vfs)  # a VFS must outlive its connections
+        return conn
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+        self._readers.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.vfs is not None:
+            self.vfs.unregister()
+            self.vfs = None
