@@ -88,7 +88,8 @@ class ReplicaService:
         if kind is Peek:
             if self.remote_tx:
                 return None
-            await self._catch_up()
+            if self.local.tx_conn is None:
+                await self._catch_up()
             return await self.local(request)
         if kind is Sync:
             if self.remote_tx:
@@ -152,7 +153,8 @@ class ReplicaService:
 
     async def describe(self, request: Describe) -> DescribeResult:
         if not self.remote_tx:
-            await self._catch_up()
+            if self.local.tx_conn is None:
+                await self._catch_up()
             try:
                 return await self.local(request)
             except SqldError as exc:
@@ -190,7 +192,7 @@ class ReplicaService:
             await self._move_to_primary(stmt)
             return await self._in_remote_tx(req)
         if verb not in _WRITE_VERBS:
-            if not self.local.in_tx:
+            if self.local.tx_conn is None:  # no read snapshot held yet (none, or BEGIN only)
                 await self._catch_up()
             try:
                 return self._stale_notice(await self.local(req))

@@ -127,6 +127,8 @@ def test_a_transaction_moves_to_the_primary_at_its_first_write(pair):
 def test_reads_gone_stale_fail_the_write_with_40001(pair):
     primary, replica = pair
     with psycopg.connect(replica.dsn()) as c:
+        c.execute("set sqld.consistency = strong")  # the retry below must see the other session's row
+        c.commit()
         assert c.execute("select count(*) from t").fetchone() == (2,)
         with psycopg.connect(primary.dsn(), autocommit=True) as other:
             other.execute("insert into t(v) values ('meanwhile')")
@@ -142,6 +144,7 @@ def test_reads_gone_stale_fail_the_write_with_40001(pair):
         c.execute("update t set v = 'y' where id = 1")
         c.commit()
     with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        c.execute("set sqld.consistency = strong")  # another session's write: read-your-writes is per session
         assert c.execute("select v from t where id = 1").fetchone() == ("y",)
         c.execute("begin read only")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
@@ -178,12 +181,19 @@ def test_read_your_writes_under_concurrent_load(pair):
                 p.execute("insert into noise values (randomblob(2000))")
 
     def session(n: int) -> None:
+        # Half the sessions without autocommit: psycopg then wraps every statement in BEGIN,
+        # and a transaction's first read must wait for the session's earlier commits too.
+        autocommit = n % 2 == 0
         try:
-            with psycopg.connect(replica.dsn(), autocommit=True) as c:
+            with psycopg.connect(replica.dsn(), autocommit=autocommit) as c:
                 for i in range(60):
                     v = f"ryw-{n}-{i}"
                     (rid,) = c.execute("insert into t(v) values (%s) returning id", (v,)).fetchone()
+                    if not autocommit:
+                        c.commit()
                     got = c.execute("select v from t where id = %s", (rid,)).fetchone()
+                    if not autocommit:
+                        c.commit()
                     if got != (v,):
                         failures.append((v, got))
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -200,6 +210,26 @@ def test_read_your_writes_under_concurrent_load(pair):
     loader.join(30)
     assert failures == []
     assert _count(primary, "t") == 2 + 6 * 60
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "in-transactions"])
+@pytest.mark.parametrize("cursor", [psycopg.Cursor, psycopg.ClientCursor], ids=["extended", "simple"])
+def test_read_your_writes_waits_for_a_replica_held_back(pair, autocommit, cursor):
+    """Another session's open read transaction on the replica holds back the applier; a
+    session's read after its own write waits for it (psycopg without autocommit wraps the
+    read in BEGIN: a transaction's first read waits too), then sees the write."""
+    primary, replica = pair
+    blocker = psycopg.connect(replica.dsn())
+    blocker.execute("select count(*) from t").fetchone()  # a read snapshot, held open
+    with psycopg.connect(replica.dsn(), autocommit=autocommit, cursor_factory=cursor) as c:
+        c.execute("insert into t(v) values ('mine')")
+        if not autocommit:
+            c.commit()
+        threading.Timer(0.5, blocker.rollback).start()
+        started = time.monotonic()
+        assert c.execute("select count(*) from t where v = 'mine'").fetchone() == (1,)
+        assert time.monotonic() - started >= 0.3  # it waited for the apply
+    blocker.close()
 
 
 def test_primary_down_reads_go_on_writes_fail_fast_and_it_comes_back(pair):
