@@ -28,8 +28,15 @@ def _timeout(ctx, param, value):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--backend", type=click.Choice(["libsql"]), default="libsql", envvar="SQLD_BACKEND",
-              show_envvar=True, help="Storage backend.")
+@click.option("--backend", type=click.Choice(["libsql", "mvsqlite"]), default="libsql", envvar="SQLD_BACKEND",
+              show_envvar=True, help="Storage backend: libsql (a SQLite file in --db-path) or mvsqlite (pages "
+              "in FoundationDB, shared by several sqld processes; needs --fdb-cluster).")
+@click.option("--fdb-cluster", default=None, envvar="SQLD_FDB_CLUSTER", show_envvar=True, metavar="FILE",
+              help="mvsqlite: the FoundationDB cluster file. 'simulator' runs an in-memory FoundationDB "
+              "inside this process instead (one process, nothing kept: for trying and testing).")
+@click.option("--database", "fdb_namespace", default="sqld", envvar="SQLD_DATABASE", show_envvar=True,
+              metavar="NAME", help="mvsqlite: the namespace in the cluster; database D's pages are under "
+              "the key prefix NAME/D/, so several deployments can share one cluster.")
 @click.option("--db-path", default="sqld-data", envvar="SQLD_DB_PATH", show_envvar=True,
               help="Folder for the database files (the database is main.db in it), or a SQLite file.")
 @click.option("--listen-addr", default="127.0.0.1:5432", envvar="SQLD_LISTEN_ADDR", show_envvar=True,
@@ -74,7 +81,7 @@ def _timeout(ctx, param, value):
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
 @click.version_option(__version__, prog_name="sqld")
-def main(backend, db_path, listen_addr, log_level, max_connections, statement_timeout, idle_tx_timeout,
+def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, max_connections, statement_timeout, idle_tx_timeout,
          synchronous,
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers):
@@ -92,6 +99,9 @@ def main(backend, db_path, listen_addr, log_level, max_connections, statement_ti
         host, port = parse_listen_addr(listen_addr)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen-addr") from None
+    if backend == "mvsqlite" and not fdb_cluster:
+        raise click.BadParameter("--backend mvsqlite needs --fdb-cluster FILE (or 'simulator')",
+                                 param_hint="--fdb-cluster")
     primary_addr = None
     if primary:
         try:
@@ -100,7 +110,7 @@ def main(backend, db_path, listen_addr, log_level, max_connections, statement_ti
             raise click.BadParameter(str(exc).replace("listen address", "primary address"),
                                      param_hint="--primary") from None
     config = Config(
-        backend=backend, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
+        backend=backend, fdb_cluster=fdb_cluster, fdb_namespace=fdb_namespace, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
         max_connections=max_connections, statement_timeout=statement_timeout, idle_tx_timeout=idle_tx_timeout,
         synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
         create_databases=create_databases, replication_log=replication_log, primary=primary_addr,
@@ -139,6 +149,7 @@ async def serve(config: Config) -> None:
         foreign_keys=config.foreign_keys, max_readers=config.max_readers, inline_budget=config.inline_budget,
         functions=sql_functions(), replication_log=config.replication_log,
         replication_log_max_bytes=config.replication_log_max_bytes,
+        opener=_mvsqlite_opener(config) if config.backend == "mvsqlite" else None,
     )
     databases.open_main()
     try:
@@ -148,13 +159,39 @@ async def serve(config: Config) -> None:
             max_connections=config.max_connections, max_message_size=config.max_message_size,
             replication=databases.get,
         )
-        server = await _listen(config, f"serving {databases.main_file}")
+        where = (f"serving {databases.main_file}" if config.backend == "libsql" else
+                 f"serving FoundationDB {config.fdb_cluster}, namespace {config.fdb_namespace}")
+        server = await _listen(config, where)
         async with anyio.create_task_group() as tg:
             databases.start(tg)
             await _serve(server, factory, tg)
     finally:
         databases.close()
         log.info("stopped; databases checkpointed")
+
+
+def _mvsqlite_opener(config: Config):
+    """Databases of the mvsqlite backend: each name's pages under NAMESPACE/NAME/ in FDB."""
+    from sqld.backends.mvsqlite.backend import MvsqliteBackend
+
+    if config.fdb_cluster == "simulator":
+        from sqld.backends.mvsqlite.simulator import SimDatabase
+
+        log.warning("mvsqlite on the in-process FoundationDB simulator: nothing outlives this process")
+        fdb = SimDatabase()
+    else:
+        from sqld.backends.mvsqlite.fdbreal import open_database
+
+        try:
+            fdb = open_database(config.fdb_cluster)
+        except RuntimeError as exc:
+            raise SqldError(str(exc)) from None
+
+    def opener(name: str):
+        return MvsqliteBackend(fdb, f"{config.fdb_namespace}/{name}/".encode(), foreign_keys=config.foreign_keys)
+
+    opener.exists = lambda name: MvsqliteBackend.exists(fdb, f"{config.fdb_namespace}/{name}/".encode())
+    return opener
 
 
 async def serve_replica(config: Config) -> None:

@@ -8,6 +8,8 @@ import attrs
 @attrs.frozen(kw_only=True)
 class Config:
     backend: str = "libsql"
+    fdb_cluster: str | None = None  # mvsqlite: cluster file, or "simulator"
+    fdb_namespace: str = "sqld"
     db_path: str = "sqld-data"
     listen_host: str = "127.0.0.1"
     listen_port: int = 5432

@@ -13,6 +13,13 @@ from pathlib import Path
 import pytest
 
 LISTENING = re.compile(r"listening on (\S+?):(\d+)[, ]")
+# SQLD_TEST_BACKEND=mvsqlite runs every server the tests start on the mvsqlite backend, on the
+# FoundationDB simulator inside the server process (CI runs the client suites so, too).
+TEST_BACKEND = os.environ.get("SQLD_TEST_BACKEND", "libsql")
+BACKEND_ARGS = ["--backend", "mvsqlite", "--fdb-cluster", "simulator"] if TEST_BACKEND == "mvsqlite" else []
+libsql_only = pytest.mark.skipif(TEST_BACKEND == "mvsqlite", reason="about the libsql backend's files (database "
+                                 "files on disk, data kept across a restart): the mvsqlite run uses an in-process "
+                                 "FoundationDB simulator that keeps nothing on disk")
 
 
 class SqldProcess:
@@ -32,8 +39,9 @@ class SqldProcess:
         env.update(self.env or {})
         self._log = open(self.log_path, "ab")
         start_at = self.log_path.stat().st_size
+        extra = BACKEND_ARGS if "--backend" not in self.args and "--primary" not in self.args else []
         cmd = [sys.executable, "-m", "sqld", "--db-path", str(self.db_path), "--listen-addr",
-               f"{self.host}:{self.port}", *self.args]
+               f"{self.host}:{self.port}", *extra, *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -43,10 +43,14 @@ class Databases:
 
     def __init__(self, db_path, *, create: bool = True, synchronous: str = "full", foreign_keys: bool = True,
                  max_readers: int = 8, inline_budget: int = 20, functions=(), replication_log: bool = False,
-                 replication_log_max_bytes: int = 64 << 20) -> None:
+                 replication_log_max_bytes: int = 64 << 20, opener=None) -> None:
         self.db_path = Path(db_path)
-        self.main_file = database_file(db_path)
-        self.folder_mode = self.main_file != self.db_path
+        # ``opener(name) -> backend`` and ``opener.exists(name)`` for backends that are not
+        # files (mvsqlite);
+        # by default a database is a SQLite file of the libsql backend.
+        self.opener = opener
+        self.main_file = database_file(db_path) if opener is None else self.db_path
+        self.folder_mode = opener is not None or self.main_file != self.db_path
         self.create = create
         self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys, replication_log=replication_log,
                              replication_log_max_bytes=replication_log_max_bytes)
@@ -61,7 +65,10 @@ class Databases:
         return self._open(MAIN, self.main_file)
 
     def _open(self, name: str, path: Path) -> Scheduler:
-        backend = LibsqlBackend(path, **self._options)
+        if self.opener is not None:
+            backend = self.opener(name)
+        else:
+            backend = LibsqlBackend(path, **self._options)
         backend.open()
         scheduler = Scheduler(backend, **self._scheduler_options)
         self.open[name] = scheduler
@@ -98,7 +105,8 @@ class Databases:
             if scheduler is not None:
                 return scheduler
             path = self.path_of(name)
-            if not path.exists() and not self.create:
+            exists = path.exists() if self.opener is None else self.opener.exists(name)
+            if not exists and not self.create:
                 raise UnknownDatabase(f'database "{name}" does not exist',
                                       hint="This server does not create databases (--no-create-databases).")
             log.info("opening database %s (%s)", name, path)

@@ -13,6 +13,8 @@ import time
 
 import psutil
 import psycopg
+
+from tests.conftest import libsql_only
 import pytest
 
 LONG_QUERY = "with recursive s(n) as (select 1 union all select n + 1 from s where n < 2000000000) select count(*) from s"
@@ -64,6 +66,7 @@ def test_disconnect_mid_transaction_rolls_back_at_once(sqld_server, table_name):
         pass
 
 
+@libsql_only
 def test_sigterm_rolls_back_checkpoints_and_exits_zero(start_sqld, tmp_path):
     server = start_sqld(db_path=tmp_path / "db")
     with psycopg.connect(server.dsn(), autocommit=True) as c:

@@ -97,6 +97,12 @@ class MvsqliteBackend:
         self._readers: list[MvsqliteConnection] = []
         self._pinned: list[v.PageStoreVFS] = []
 
+    @staticmethod
+    def exists(db: Database, prefix: bytes) -> bool:
+        """Whether a database was ever created under ``prefix``."""
+        tr = db.create_transaction()
+        return tr.get(prefix + b"m", snapshot=True) is not None
+
     def _connect(self, readonly: bool) -> MvsqliteConnection:
         flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = apsw.Connection("mvsqlite.db", flags=flags, vfs=self.vfs.vfs_name)
