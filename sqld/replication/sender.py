@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import time
 
 import anyio
@@ -89,16 +90,23 @@ def _row(conn, *fields, values) -> None:
 
 
 async def _base_backup(conn, scheduler, capture) -> None:
-    path = scheduler.backend.path
-    tmp = f"{path}-replog.snapshot-{os.getpid()}-{id(conn)}.tmp"
-    reader = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    backend = scheduler.backend
+    pinned = hasattr(backend, "backup_source")  # snapshots are versions (mvsqlite)
+    name = f"sqld-snapshot-{os.getpid()}-{id(conn)}.tmp"
+    tmp = os.path.join(tempfile.gettempdir(), name) if pinned else f"{backend.path}-replog.{name}"
+    generation = capture.log.generation
+    if pinned:
+        reader, frame = await anyio.to_thread.run_sync(backend.backup_source)
+    else:
+        reader = apsw.Connection(str(backend.path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        # With the writer held no commit is under way, so the read snapshot taken now is
-        # exactly the database at the log's last frame.
-        async with scheduler.writer_lock:
-            reader.execute("begin").fetchall()
-            reader.execute("select count(*) from sqlite_schema").fetchall()
-            frame, generation = capture.log.last_commit, capture.log.generation
+        if not pinned:
+            # With the writer held no commit is under way, so the read snapshot taken now is
+            # exactly the database at the log's last frame.
+            async with scheduler.writer_lock:
+                reader.execute("begin").fetchall()
+                reader.execute("select count(*) from sqlite_schema").fetchall()
+                frame, generation = capture.log.last_commit, capture.log.generation
 
         def copy() -> None:
             dest = apsw.Connection(tmp)
@@ -174,8 +182,11 @@ async def _stream(conn, capture, generation_hex: str, frame_text: str) -> None:
                 wake = anyio.Event()
                 current = capture.log
                 try:
+                    primary_frame = None
                     for tx in current.since(frame):
-                        for payload in p.encode_transaction(tx.last_frame, current.last_commit,
+                        if primary_frame is None:
+                            primary_frame = current.last_commit
+                        for payload in p.encode_transaction(tx.last_frame, max(primary_frame, tx.last_frame),
                                                             capture.commit_time(tx.last_frame), tx.db_size, tx.pages):
                             conn.write(m.copy_data(payload))
                         frame = tx.last_frame
@@ -188,7 +199,9 @@ async def _stream(conn, capture, generation_hex: str, frame_text: str) -> None:
                 if conn.out:
                     await conn.flush()
                     sent_at = time.monotonic()
-                with anyio.move_on_after(max(0.0, KEEPALIVE_EVERY - (time.monotonic() - sent_at))):
+                # A capture fed by other processes too (mvsqlite's change log) is polled.
+                wait = max(0.0, KEEPALIVE_EVERY - (time.monotonic() - sent_at))
+                with anyio.move_on_after(min(wait, getattr(capture, "poll_interval", wait))):
                     await wake.wait()
                 if not wake.is_set() and time.monotonic() - sent_at >= KEEPALIVE_EVERY:
                     conn.write(m.copy_data(p.encode_keepalive(capture.log.last_commit, time.time())))

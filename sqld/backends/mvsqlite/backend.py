@@ -120,7 +120,16 @@ class MvsqliteBackend:
         conn.execute("select count(*) from sqlite_schema").fetchall()
         conn.close()
         self._writer = self._connect(readonly=False)
+        from sqld.backends.mvsqlite.replsource import ChangeLogCapture
+
+        self.capture = ChangeLogCapture(self.store)  # replicas follow FDB's change log
         log.info("opened mvsqlite database %r (page size %d)", self.prefix, self.store.page_size)
+
+    def backup_source(self) -> tuple[apsw.Connection, int]:
+        """A read-only connection pinned at the last commit, and that commit's version: what
+        a replica bootstraps from."""
+        frame = self.capture.log.last_commit
+        return self.open_at(frame), frame
 
     def writer(self) -> MvsqliteConnection:
         assert self._writer is not None, "backend not open"

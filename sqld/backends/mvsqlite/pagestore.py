@@ -164,7 +164,8 @@ class PageStore:
         self.prefix = prefix
         self.cache = cache or PageCache()
         self.stats = Stats()
-        self.page_size = self._meta(page_size)
+        self.listeners: list = []  # called after each commit this process makes
+        self.page_size, self.generation = self._meta(page_size)
         self.zero = bytes(self.page_size)
 
     # -- keys -------------------------------------------------------------------------------
@@ -205,14 +206,17 @@ class PageStore:
                 tr.on_error(exc)
         raise FDBError(f.NOT_COMMITTED, "gave up after repeated conflicts")
 
-    def _meta(self, page_size: int) -> int:
+    def _meta(self, page_size: int) -> tuple[int, bytes]:
+        """The page size and the database's generation (a random id made at creation:
+        replicas of a database made again under the same prefix see another history)."""
         def go(tr):
             raw = tr.get(self.k_meta())
             self.stats.reads += 1
             if raw is None:
-                tr.set(self.k_meta(), _PGNO.pack(page_size))
-                return page_size
-            return _PGNO.unpack(raw)[0]
+                generation = os.urandom(16)
+                tr.set(self.k_meta(), _PGNO.pack(page_size) + generation)
+                return page_size, generation
+            return _PGNO.unpack_from(raw)[0], raw[4:20]
 
         return self.run(go)
 
@@ -471,6 +475,8 @@ class Snapshot:
         for h, data in contents.items():
             cache.keep(h, data)
         cache.own_commit({p: h for p, h in changes.items()}, version)
+        for listener in self.store.listeners:
+            listener()
 
     def _stage(self, contents: dict[bytes, bytes], commit_id: bytes) -> None:
         """Phase one of a large commit: the contents, in FDB transactions of ~2 MB, each with
