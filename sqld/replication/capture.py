@@ -31,6 +31,9 @@ from sqld.replication.wal import WAL_HEADER, WalError, read_header, transactions
 
 log = logging.getLogger(__name__)
 
+# Pragmas that would make the log miss commits: another WAL hook, or leaving WAL mode.
+_GUARDED_PRAGMAS = frozenset(("wal_autocheckpoint", "journal_mode"))
+
 
 class Capture:
     def __init__(self, conn: apsw.Connection, db_file: Path, log_path: Path, checkpoint_pages: int = 1000,
@@ -56,6 +59,15 @@ class Capture:
         if fresh:
             self._snapshot()
         conn.set_wal_hook(self._on_commit)
+        # The log follows only while the hook is SQLite's and the database stays in WAL mode:
+        # a session may not change either on the writer (42501).
+        conn.authorizer = self._authorize
+
+    @staticmethod
+    def _authorize(op, p1, p2, dbname, trigger) -> int:
+        if op == apsw.SQLITE_PRAGMA and p2 is not None and (p1 or "").lower() in _GUARDED_PRAGMAS:
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
 
     def _rotate(self) -> None:
         old = self.log_path.with_name(self.log_path.name + ".old")
@@ -79,18 +91,24 @@ class Capture:
             return apsw.SQLITE_OK
         try:
             if self.capture(wal_pages):
-                for listener in self.listeners:
+                for listener in tuple(self.listeners):  # senders come and go on another thread
                     listener()
             if wal_pages >= self.checkpoint_pages:
                 conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
             if self.log.size > self.max_log_bytes:
                 self.compact()
         except (OSError, WalError, ValueError) as exc:
-            # The commit stands; the log cannot follow it any more. Replicas will have to
-            # bootstrap from a new generation (started at the next restart).
+            # The commit stands; the log cannot follow it any more. Streams end (senders see
+            # ``broken``), and the log is moved aside at once, so that even a clean restart
+            # starts a new generation: replicas bootstrap again, never continue a history
+            # with a hole in it.
             if not self.broken:
                 log.error("replication log %s cannot follow the database: %s", self.log_path, exc)
-            self.broken = True
+                self.broken = True
+                try:
+                    os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".broken"))
+                except OSError:
+                    pass
         return apsw.SQLITE_OK
 
     def capture(self, wal_pages: int | None = None) -> int:

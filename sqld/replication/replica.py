@@ -57,6 +57,7 @@ class ReplicaNode:
         self.lag = 0.0            # seconds from the primary's commit to its apply here (last batch)
         self.lags: collections.deque[float] = collections.deque(maxlen=10000)
         self.connected = False
+        self.primary_generation: bytes | None = None  # the primary's history, as last heard
         self.heard_at = 0.0       # monotonic time the primary was last heard from
         self.on_apply = None      # (frame, schema_changed, replaced) -> None, on the event loop
         self._progress = anyio.Event()
@@ -69,12 +70,16 @@ class ReplicaNode:
 
     # -- waiting for frames -------------------------------------------------------------------
 
-    async def wait_for(self, frame: int, timeout: float) -> bool:
-        """Wait until ``frame`` is applied here; False if ``timeout`` passed first."""
-        if self.applied >= frame:
+    async def wait_for(self, frame: int, timeout: float, generation: bytes | None = None) -> bool:
+        """Wait until ``frame`` (of ``generation``, when given) is applied here; False if
+        ``timeout`` passed first."""
+        def reached() -> bool:
+            return self.applied >= frame and (generation is None or self.generation == generation)
+
+        if reached():
             return True
         with anyio.move_on_after(timeout):
-            while self.applied < frame:
+            while not reached():
                 await self._progress.wait()
             return True
         return False
@@ -256,6 +261,7 @@ class ReplicaNode:
     async def _follow(self, stream, decoder) -> None:
         rows = await self._query(stream, decoder, "IDENTIFY_SYSTEM")
         generation = bytes.fromhex(rows[0][0].decode())
+        self.primary_generation = generation
         self.primary_frame = int(rows[0][1])
         if self._bootstrap_needed or generation != self.generation:
             if generation != self.generation:

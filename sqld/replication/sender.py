@@ -180,6 +180,11 @@ async def _stream(conn, capture, generation_hex: str, frame_text: str) -> None:
             tg.start_soon(_watch, conn, tg.cancel_scope)
             while True:
                 wake = anyio.Event()
+                if capture.broken:
+                    conn.write_error(SqldError("the primary's replication log stopped following its database",
+                                               sqlstate=p.NEEDS_BOOTSTRAP))
+                    await conn.flush()
+                    return
                 current = capture.log
                 try:
                     primary_frame = None

@@ -23,6 +23,7 @@ raises ``NeedsWriter`` where a primary's would take the writer). What it does:
 from __future__ import annotations
 
 import logging
+import socket
 
 import anyio
 import anyio.to_thread
@@ -69,7 +70,8 @@ class ReplicaService:
         self.remote: WireConnection | None = None
         self.remote_tx = False      # a transaction is open on the primary
         self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
-        self.wait_frame = 0         # read-your-writes: the frame of this session's last commit
+        # read-your-writes: (frame, generation) of this session's last commit, None before
+        self.wait_frame: tuple[int, bytes] | None = None
         self.sent: dict[str, str] = {}  # settings as the forwarded connection has them
         self.on_close = None
 
@@ -121,7 +123,7 @@ class ReplicaService:
     async def _catch_up(self) -> None:
         level = self.state.settings.get(CONSISTENCY, "read_your_writes").strip().lower()
         if level == "eventual":
-            target = 0
+            target = None
         elif level == "strong":
             target = await self._primary_frame()
         elif level == "read_your_writes":
@@ -129,21 +131,32 @@ class ReplicaService:
         else:
             raise SqldError(f'invalid value for parameter "{CONSISTENCY}": "{level}"', sqlstate="22023",
                             hint="Valid values are read_your_writes, eventual and strong.")
-        if target and self.node.applied < target:
-            timeout = self._wait_timeout()
-            if not await self.node.wait_for(target, timeout):
-                raise QueryCanceled(
-                    f"canceling statement: the replica did not reach frame {target} within {timeout:g}s "
-                    f"(it is at {self.node.applied})",
-                    detail="The session's consistency level asks for data the replica has not applied yet.",
-                    hint=f"Raise {WAIT_TIMEOUT}, or SET {CONSISTENCY} = eventual to read what the replica has.")
+        if target is None:
+            return
+        frame, generation = target
+        node = self.node
+        if generation != node.primary_generation and node.primary_generation is not None and \
+                generation != node.generation:
+            # The primary has another history now: what the session wrote in the old one is
+            # not coming; nothing to wait for.
+            self.wait_frame = None
+            return
+        if node.generation == generation and node.applied >= frame:
+            return
+        timeout = self._wait_timeout()
+        if not await node.wait_for(frame, timeout, generation):
+            raise QueryCanceled(
+                f"canceling statement: the replica did not reach frame {frame} within {timeout:g}s "
+                f"(it is at {node.applied})",
+                detail="The session's consistency level asks for data the replica has not applied yet.",
+                hint=f"Raise {WAIT_TIMEOUT}, or SET {CONSISTENCY} = eventual to read what the replica has.")
 
-    async def _primary_frame(self) -> int:
-        """The primary's last frame now (strong consistency): a round trip on the forwarded
-        connection, whose answer reports it."""
+    async def _primary_frame(self) -> tuple[int, bytes] | None:
+        """The primary's last frame and generation now (strong consistency): a round trip on
+        the forwarded connection, whose answer reports them."""
         remote = await self._remote()
         await self._call(remote.run, "select 1")
-        return int(remote.params.get("sqld.frame", "0"))
+        return _reported_frame(remote)
 
     def _stale_notice(self, cur):
         if not self.node.connected and hasattr(cur, "notice") and not cur.notice:
@@ -222,13 +235,15 @@ class ReplicaService:
         await self._call(remote.run, "BEGIN IMMEDIATE")
         self.remote_tx = True
         self.remote_failed = False
-        frame = int(remote.params.get("sqld.frame", "0"))
-        if snapshot is not None and frame > snapshot:
+        reported = _reported_frame(remote)
+        frame, generation = reported if reported else (0, None)
+        if snapshot is not None and (frame > snapshot or generation != self.node.generation):
             await self._call(remote.run, "ROLLBACK")
             self.remote_failed = True  # the client ends the transaction with ROLLBACK
             raise SerializationFailure(
                 "could not serialize access due to concurrent update",
-                detail=f"The transaction read the replica at frame {snapshot}; the primary is at {frame}.",
+                detail=f"The transaction read the replica at frame {snapshot}; the primary is at {frame}"
+                + ("" if generation == self.node.generation else " of another history") + ".",
                 hint="Retry the transaction, or start it with BEGIN IMMEDIATE to run it on the primary.")
 
     async def _in_remote_tx(self, req: Execute):
@@ -236,7 +251,9 @@ class ReplicaService:
         verb = stmt.verb
         if self.remote_failed:
             if verb in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in stmt.words:
-                await self._forward(Execute(_ROLLBACK))
+                if self.remote is not None:
+                    await self._forward(Execute(_ROLLBACK))
+                self.remote_tx = self.remote_failed = False
                 return StaticCursor(None, [], "ROLLBACK")
             if not (verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words):
                 raise InFailedTransaction()
@@ -252,7 +269,13 @@ class ReplicaService:
 
     async def _remote(self) -> WireConnection:
         if self.remote is not None and not self.remote.closed:
-            return self.remote
+            if self.remote_tx or _alive(self.remote):
+                return self.remote
+            self.remote = None  # the primary went away since (restarted): connect again
+        if self.remote_tx:
+            self.remote_failed = True
+            raise PrimaryUnavailable("lost the connection to the primary in the middle of a transaction",
+                                     hint="ROLLBACK, then retry the transaction.")
         host, port = self.primary
         state = self.state
         options = {"sqld.report_frame": "on"}
@@ -276,6 +299,16 @@ class ReplicaService:
         except ServerError as exc:
             raise _as_error(exc) from None
         return self.remote
+
+    def _lost(self) -> bool:
+        """The forwarded connection is gone. A transaction open on it was rolled back there:
+        it stays aborted here (25P02) until the client's ROLLBACK, never turning into
+        autocommit statements. Returns whether one was open."""
+        self.remote = None
+        if self.remote_tx:
+            self.remote_failed = True
+            return True
+        return False
 
     async def _pass_settings(self, remote: WireConnection) -> None:
         """The session's timeouts hold on the primary too (set again when they change)."""
@@ -311,15 +344,20 @@ class ReplicaService:
                 raise value
             return value
         except ServerError as exc:
+            if remote.closed:  # a FATAL error: the primary ended the forwarded session
+                lost_tx = self._lost()
+                r = exc.response
+                raise PrimaryUnavailable(
+                    f"the primary ended the forwarded session: {r.message} ({r.sqlstate})",
+                    detail="The open transaction on the primary was rolled back; ROLLBACK to end it here."
+                    if lost_tx else None) from None
             raise _as_error(exc) from None
         except WireError as exc:
-            self.remote = None
-            lost_tx = self.remote_tx
-            self.remote_tx = False
-            self.remote_failed = False
+            lost_tx = self._lost()
             raise PrimaryUnavailable(
                 f"lost the connection to the primary: {exc}",
-                detail="The open transaction on the primary was rolled back." if lost_tx else None) from None
+                detail="The open transaction on the primary was rolled back; ROLLBACK to end it here."
+                if lost_tx else None) from None
         finally:
             state.executing = False
 
@@ -332,8 +370,10 @@ class ReplicaService:
         if remote.status == b"E":
             self.remote_failed = True
         if not self.remote_tx:
-            frame = int(remote.params.get("sqld.frame", "0"))
-            self.wait_frame = max(self.wait_frame, frame)  # read your writes: wait for this commit
+            reported = _reported_frame(remote)  # read your writes: wait for this commit
+            if reported is not None and (self.wait_frame is None or reported[1] != self.wait_frame[1]
+                                         or reported[0] > self.wait_frame[0]):
+                self.wait_frame = reported
         state = self.state
         state.total_changes += result.changes
         if stmt.verb in ("INSERT", "REPLACE") and result.last_rowid is not None:
@@ -343,6 +383,29 @@ class ReplicaService:
             decltypes = result.decltypes or [None] * len(result.names)
             columns = tuple(Column(n, d) for n, d in zip(result.names, decltypes))
         return StaticCursor(columns, result.rows, result.tag or stmt.verb)
+
+
+def _alive(remote: WireConnection) -> bool:
+    """Whether the idle forwarded connection is still usable (the primary may have restarted
+    since): a peek that does not wait; anything to read means it is not."""
+    try:
+        data = remote.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    # b"": closed by the primary. Bytes: an idle session was sent something it did not ask
+    # for — a FATAL error before the primary closed it (a shutdown): connect afresh too.
+    return False
+
+
+def _reported_frame(remote: WireConnection) -> tuple[int, bytes] | None:
+    """The primary's last frame and generation, as its ``sqld.frame`` report said last."""
+    raw = remote.params.get("sqld.frame")
+    if not raw:
+        return None
+    frame, _, generation = raw.partition(" ")
+    return int(frame), bytes.fromhex(generation)
 
 
 def _as_error(exc: ServerError) -> SqldError:

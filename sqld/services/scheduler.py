@@ -277,7 +277,7 @@ class SchedulerService:
         # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
         capture = getattr(scheduler.backend, "capture", None)
         self.frame_source = capture if capture is not None and state.settings.get("sqld.report_frame") == "on" else None
-        self.frame_reported = -1
+        self.frame_reported: tuple | None = None
 
     @property
     def status(self) -> bytes:
@@ -293,11 +293,12 @@ class SchedulerService:
         if type(request) is Peek:
             return await self.peek(request.statement)
         if type(request) is Sync:
-            if self.frame_source is not None:
-                frame = self.frame_source.log.last_commit
+            if self.frame_source is not None and not self.frame_source.broken:
+                log_ = self.frame_source.log
+                frame = (log_.last_commit, log_.generation)
                 if frame != self.frame_reported:
                     self.frame_reported = frame
-                    self.state.reported["sqld.frame"] = str(frame)
+                    self.state.reported["sqld.frame"] = f"{frame[0]} {frame[1].hex()}"
             return self.status
         if type(request) is Abort:
             if self.in_tx:

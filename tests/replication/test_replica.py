@@ -508,3 +508,25 @@ def test_primary_restarted_under_load_replicas_resume(start_sqld, tmp_path):
     replica.stop()
     primary.stop()
     assert file_hash(tmp_path / "r" / "main.db") == file_hash(tmp_path / "p" / "main.db")
+
+
+def test_a_transaction_lost_with_the_primary_stays_aborted(pair):
+    """The primary restarts under an open forwarded transaction: the transaction is over
+    (25P02 until ROLLBACK), later statements never run as autocommit, and an idle
+    forwarded connection is replaced without an error."""
+    primary, replica = pair
+    with psycopg.connect(replica.dsn(), autocommit=True) as idle, psycopg.connect(replica.dsn()) as c:
+        idle.execute("insert into t(v) values ('before')")  # opens its forwarded connection
+        c.execute("insert into t(v) values ('lost-a')")  # a transaction, on the primary
+        assert primary.stop() == 0
+        primary.start()
+        with pytest.raises(psycopg.OperationalError) as err:
+            c.execute("insert into t(v) values ('lost-b')")
+        assert err.value.sqlstate == "08006"
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute("insert into t(v) values ('lost-c')")
+        c.rollback()
+        idle.execute("insert into t(v) values ('after restart')")  # no spurious 08006
+    with psycopg.connect(primary.dsn(), autocommit=True) as p:
+        got = {v for (v,) in p.execute("select v from t")}
+    assert {"before", "after restart"} <= got and not {"lost-a", "lost-b", "lost-c"} & got
