@@ -252,3 +252,23 @@ def test_round_trips_of_warm_point_reads_and_writes(fdb):
     reads, commits = s.reads, s.commits
     w.start("update p set v = 'w' where id = 500", (), 10)
     assert (s.reads - reads) + (s.commits - commits) <= 2
+
+
+def test_a_commit_too_large_to_list_its_pages_marks_everything_changed(fdb):
+    """Over LIST_LIMIT pages, the change-log entry says "everything": other processes drop
+    their cached pages instead of missing a change."""
+    a, b = backend(fdb), backend(fdb)
+    a.writer().run("create table big(id integer primary key, b blob)")
+    a.writer().start("insert into big(b) values ('small')", (), 10)
+    reader = b.open_reader()
+    assert rows(reader, "select count(*) from big") == [(1,)]  # b's cache now holds those pages
+    w = a.writer()
+    w.run("begin")
+    w.start("update big set b = 'changed' where id = 1", (), 10)
+    for _ in range(pagestore.LIST_LIMIT // 240 + 2):  # ~1 MB each: past the listing limit in pages
+        w.start("insert into big(b) values (randomblob(1000000))", (), 10)
+    w.run("commit")
+    log = fdb.committed_items(b"test/main/l", b"test/main/m")
+    assert log[-1][1][16:] == pagestore.EVERYTHING
+    assert rows(reader, "select b from big where id = 1") == [("changed",)]
+    assert rows(reader, "select count(*) from big") == [(pagestore.LIST_LIMIT // 240 + 3,)]

@@ -29,6 +29,7 @@ import hashlib
 import os
 import struct
 import bisect
+import collections
 import threading
 import time
 
@@ -42,6 +43,9 @@ _VERSION = struct.Struct(">Q")
 INCOMPLETE = b"\xff" * 10  # the versionstamp placeholder, replaced at commit
 STAGE_BATCH = 2_000_000    # bytes of page content per staging FDB transaction
 SINGLE_PHASE_LIMIT = 4_000_000  # above this, stage the content first (multi-phase commit)
+RESYNC_VERSIONS = 60 * f.VERSIONS_PER_SECOND  # a cache this far behind starts over
+EVERYTHING = b"*"  # a change-log entry of a commit too large to list its pages: all changed
+LIST_LIMIT = 20_000  # pages a change-log entry lists at most (4 bytes each, under FDB's value limit)
 STAGING_TTL = 3600  # seconds GC keeps contents staged for a commit that has not come (yet)
 
 
@@ -87,11 +91,11 @@ class PageCache:
     contents by hash (immutable, LRU-bounded)."""
 
     def __init__(self, max_contents: int = 20_000) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.version = 0  # the change log has been read up to here
         self.commits: list[int] = []  # recent commit versions, ascending (the log's keys)
         self.entries: dict[int, _Entry] = {}
-        self.contents: dict[bytes, bytes] = {}
+        self.contents: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self.max_contents = max_contents
 
     def advance(self, version: int, log: list[tuple[int, list[int]]]) -> None:
@@ -100,6 +104,11 @@ class PageCache:
             if version <= self.version:
                 return
             for commit, pages in log:
+                if pages is None:  # everything changed
+                    for pgno, e in list(self.entries.items()):
+                        if e.since < commit:
+                            del self.entries[pgno]
+                    pages = ()
                 for pgno in pages:
                     e = self.entries.get(pgno)
                     if e is not None and e.end is None and e.since < commit:
@@ -108,6 +117,15 @@ class PageCache:
                     self.commits.append(commit)
             if len(self.commits) > 20_000:
                 del self.commits[:10_000]
+            self.version = version
+
+    def restart(self, version: int, last_change: int) -> None:
+        """Forget every entry: the log between is not read (too long)."""
+        with self.lock:
+            if version <= self.version:
+                return
+            self.entries.clear()
+            self.commits = [last_change] if last_change else []
             self.version = version
 
     def last_change_at(self, at: int) -> int:
@@ -147,13 +165,18 @@ class PageCache:
                 self.entries[pgno] = _Entry(h, commit)
 
     def content(self, h: bytes) -> bytes | None:
-        return self.contents.get(h)
+        with self.lock:
+            data = self.contents.get(h)
+            if data is not None:
+                self.contents.move_to_end(h)  # least recently used goes first
+            return data
 
     def keep(self, h: bytes, data: bytes) -> None:
-        if len(self.contents) >= self.max_contents:
-            for k in list(self.contents)[: self.max_contents // 4]:
-                del self.contents[k]
-        self.contents[h] = data
+        with self.lock:
+            self.contents[h] = data
+            self.contents.move_to_end(h)
+            while len(self.contents) > self.max_contents:
+                self.contents.popitem(last=False)
 
 
 class PageStore:
@@ -314,10 +337,16 @@ class Snapshot:
         self.version = rv
         cache = st.cache
         if cache.version < rv:
-            rows = self._read(lambda tr: tr.get_range(st.k_log() + vs_bound(cache.version),
-                                                      st.k_log() + vs_bound(rv), snapshot=True))
-            log = [(version_of(k[-10:]), _decode_pages(v)) for k, v in rows]
-            cache.advance(rv, log)
+            if cache.version == 0 or rv - cache.version > RESYNC_VERSIONS:
+                # A new process, or one far behind: not the whole log since, only its newest
+                # entry (for the virtual change counter); what the cache holds is dropped.
+                rows = self._read(lambda tr: tr.get_range(st.k_log(), st.k_log() + vs_bound(rv), limit=1,
+                                                          reverse=True, snapshot=True))
+                cache.restart(rv, version_of(rows[0][0][-10:]) if rows else 0)
+            else:
+                rows = self._read(lambda tr: tr.get_range(st.k_log() + vs_bound(cache.version),
+                                                          st.k_log() + vs_bound(rv), snapshot=True))
+                cache.advance(rv, [(version_of(k[-10:]), _decode_pages(v)) for k, v in rows])
         return rv
 
     def _read(self, fn):
@@ -419,14 +448,12 @@ class Snapshot:
         changes: dict[int, bytes] = {}
         contents: dict[bytes, bytes] = {}
         for pgno, data in self.dirty.items():
-            if data == b"":
-                h = b""
-            else:
-                h = hashlib.sha256(data).digest()
-                contents[h] = data
+            h = hashlib.sha256(data).digest() if data else b""
             if self.hashes.get(pgno, None) == h:
                 continue  # unchanged (page 1 with only its change counter rewritten)
             changes[pgno] = h
+            if data:
+                contents[h] = data
         if not changes:
             return None
         tr = self.tr
@@ -444,8 +471,8 @@ class Snapshot:
                 tr.add_read_conflict_range(lo, hi)
                 tr.add_write_conflict_range(lo, hi)
                 tr.set_versionstamped_key(st.k_index(pgno) + INCOMPLETE, len(lo), h)
-            tr.set_versionstamped_key(st.k_log() + INCOMPLETE, len(st.k_log()),
-                                      commit_id + b"".join(_PGNO.pack(p) for p in sorted(changes)))
+            listed = EVERYTHING if len(changes) > LIST_LIMIT else b"".join(_PGNO.pack(p) for p in sorted(changes))
+            tr.set_versionstamped_key(st.k_log() + INCOMPLETE, len(st.k_log()), commit_id + listed)
             marker = st.k_marker(commit_id)
             tr.add_read_conflict_range(marker, marker + b"\x00")  # fences a retry's check (below)
             tr.set(marker, b"")
@@ -539,7 +566,10 @@ class Snapshot:
             pass
 
 
-def _decode_pages(value: bytes) -> list[int]:
+def _decode_pages(value: bytes) -> list[int] | None:
+    """The pages a change-log entry lists; None: every page may have changed."""
     body = value[16:]
+    if body == EVERYTHING:
+        return None
     return [_PGNO.unpack_from(body, i)[0] for i in range(0, len(body), 4)]
 

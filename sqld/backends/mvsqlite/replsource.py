@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from sqld.backends.mvsqlite.pagestore import PageStore, version_of, vs_bound
+from sqld.backends.mvsqlite.pagestore import PageStore, _decode_pages, version_of, vs_bound
 from sqld.replication.log import LoggedTransaction, LogError, SnapshotNeeded
 from sqld.replication.wal import Page
 
@@ -63,10 +63,12 @@ class ChangeLog:
             raise LogError(f"frame {frame} is ahead of this database's change log: another history?")
         for key, value in rows:
             version = version_of(key[-10:])
-            numbers = [_U32.unpack_from(value, i)[0] for i in range(16, len(value), 4)]
+            numbers = _decode_pages(value)
             snap = st.snapshot(version)
             try:
                 size = snap.page_count()
+                if numbers is None:  # a commit too large to list: send every page
+                    numbers = range(1, size + 1)
                 pages = tuple(Page(n, snap.read_page(n)) for n in sorted(numbers) if n <= size)
             finally:
                 snap.close()
