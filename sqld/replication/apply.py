@@ -94,6 +94,7 @@ class Replica:
         # POSIX lock this process holds on it, SQLite's exclusive lock included.
         self.fd = os.open(path, os.O_RDWR)
         self.position: Position | None = None
+        self.damaged = False
         if self.state_path is not None:
             self._recover()
 
@@ -122,14 +123,7 @@ class Replica:
         page_size = len(tx.pages[0].data) if tx.pages else 0
         head = STATE_HEADER.pack(STATE_MAGIC, position.generation, position.frame, tx.db_size,
                                  len(tx.pages), page_size, zlib.crc32(body))
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(head)
-            f.write(body)
-            f.flush()
-            if self.durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        write_state(self.state_path, head + body, self.durable)
 
     def set_position(self, position: Position) -> None:
         """Record the position of a file made elsewhere (a fresh bootstrap): no pages to redo."""
@@ -149,12 +143,22 @@ class Replica:
         """
         if position is not None and self.state_path is not None:
             self._save(position, tx)
+        if self.damaged:
+            raise OSError(f"{self.path} was left damaged by a failed apply: restart the replica")
         self._lock()
         try:
             changed = self._write(tx)
-        finally:
-            self.conn.execute("commit").fetchall()
-            self.idle.set()
+        except OSError:
+            try:
+                changed = self._write(tx)  # whole page images: writing them again is harmless
+            except OSError:
+                # Half a transaction is in the file. Keep the exclusive lock (readers wait and
+                # then fail, rather than read it) until the process ends; a restart redoes
+                # the record.
+                self.damaged = True
+                raise
+        self.conn.execute("commit").fetchall()
+        self.idle.set()
         if position is not None:
             self.position = position
         return changed
@@ -173,14 +177,21 @@ class Replica:
                 time.sleep(0.002)
 
     def _write(self, tx: Transaction) -> bool:
+        """Page images in place, then page 1 last and already patched: a write that stops
+        half-way never leaves a header that says WAL mode (which would let readers past the
+        rollback-journal lock) or a counter that keeps readers' stale caches."""
         fd = self.fd
         old = os.pread(fd, 100, 0)
         old_counter = _U32.unpack_from(old, 24)[0] if len(old) == 100 else 0
         page_size = len(tx.pages[0].data) if tx.pages else self._page_size(fd)
+        first = None
         for page in tx.pages:
+            if page.number == 1:
+                first = page.data
+                continue
             os.pwrite(fd, page.data, (page.number - 1) * page_size)
         os.ftruncate(fd, tx.db_size * page_size)
-        header = bytearray(os.pread(fd, 100, 0))
+        header = bytearray(first if first is not None else os.pread(fd, 100, 0))
         header[18] = header[19] = 1  # file format: legacy (rollback journal), not WAL
         # One above the file's own counter (not the page image's, which may be any value):
         # every reader then sees the file changed and drops its cache.
@@ -213,6 +224,28 @@ class Replica:
     def close(self) -> None:
         self.conn.close()
         os.close(self.fd)
+
+
+def write_state(path: Path, data: bytes, durable: bool) -> None:
+    """Replace the state file atomically (and durably: the file, then its folder's entry)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def encode_state(position: Position) -> bytes:
+    """A state record with a position and nothing to redo."""
+    return STATE_HEADER.pack(STATE_MAGIC, position.generation, position.frame, 0, 0, 0, zlib.crc32(b""))
 
 
 def _decode_state(raw: bytes) -> tuple[Position, Transaction] | None:

@@ -27,7 +27,7 @@ from sqld.errors import SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.replication import protocol as p
-from sqld.replication.apply import Position, Replica, merge
+from sqld.replication.apply import Position, Replica, encode_state, merge, write_state
 from sqld.replication.wal import Transaction
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,11 @@ class ReplicaNode:
                 else:
                     log.warning("replica: primary %s:%d: %s", self.host, self.port, exc)
             except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError) as exc:
+                if self.replica is not None and self.replica.damaged:
+                    log.critical("replica: the copy %s could not be written (%s): not following the primary any "
+                                 "more; reads wait and fail rather than see half a transaction. Fix the disk, "
+                                 "then restart the replica (it redoes the last transaction).", self.db_file, exc)
+                    return
                 if self.connected:
                     log.warning("replica: lost the primary %s:%d (%s); serving reads as of frame %d",
                                 self.host, self.port, exc or type(exc).__name__, self.applied)
@@ -195,12 +200,17 @@ class ReplicaNode:
                 return _Buffered(stream, decoder)
 
     @staticmethod
-    async def _next(stream, decoder: Decoder):
+    async def _next(stream, decoder: Decoder, timeout: float = 60.0):
+        """The next message; a FATAL error (the primary closes after it) raises at once, and
+        a primary silent for ``timeout`` seconds is taken for gone."""
         while True:
             msg = decoder.next_message()
             if msg is not NEED_DATA:
+                if isinstance(msg, m.ErrorResponse) and msg.severity == "FATAL":
+                    raise PrimaryError(msg.message, msg.sqlstate)
                 return msg
-            decoder.feed(await stream.receive(1 << 20))
+            with anyio.fail_after(timeout):
+                decoder.feed(await stream.receive(1 << 20))
 
     async def _query(self, stream, decoder, sql: str) -> list[tuple[bytes | None, ...]]:
         """A replication command that answers rows (IDENTIFY_SYSTEM)."""
@@ -246,9 +256,11 @@ class ReplicaNode:
             raise PrimaryError(f"the snapshot was cut short ({tmp.stat().st_size} of {size} bytes)")
         position = Position(generation, frame)
         if self.replica is None:
+            # The position first, then the file: a crash between leaves a position without
+            # a copy, which the next start bootstraps again (never a copy without a position).
+            write_state(self.state_file, encode_state(position), self.durable)
             os.replace(tmp, self.db_file)
             self.replica = await anyio.to_thread.run_sync(self._open)
-            await anyio.to_thread.run_sync(self.replica.set_position, position)
             self.applied = frame
         else:
             changed = await anyio.to_thread.run_sync(self.replica.replace_with, str(tmp), position)

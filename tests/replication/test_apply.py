@@ -71,3 +71,38 @@ def test_an_unreadable_state_file_means_no_position(tmp_path):
     replica = Replica(str(path), str(tmp_path / "r.db-replica"))
     assert replica.position is None
     replica.close()
+
+
+def test_a_failed_write_keeps_readers_out_instead_of_showing_half_a_transaction(primary, tmp_path, monkeypatch):  # noqa: F811
+    import pytest
+
+    from sqld.replication import apply as apply_mod
+
+    replica_path = str(tmp_path / "replica.db")
+    bootstrap(primary, replica_path)
+    random_transactions(primary, random.Random(6), 5)
+    txs = list(transactions((tmp_path / "primary.db-wal").read_bytes()))
+    replica = Replica(replica_path, str(tmp_path / "replica.db-replica"))
+    real_pwrite = os.pwrite
+    calls = {"n": 0}
+
+    def failing(fd, data, offset):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first page lands, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(apply_mod.os, "pwrite", failing)
+    with pytest.raises(OSError):
+        replica.apply(merge(txs), Position(GEN, 1))
+    assert replica.damaged
+    reader = apsw.Connection(replica_path)
+    with pytest.raises(apsw.BusyError):  # no reader gets in to see the torn file
+        reader.execute("select count(*) from t").fetchall()
+    reader.close()
+    monkeypatch.setattr(apply_mod.os, "pwrite", real_pwrite)
+    replica.close()
+    again = Replica(replica_path, str(tmp_path / "replica.db-replica"))  # a restart redoes the record
+    assert again.position == Position(GEN, 1)
+    assert content_hash(again.conn) == content_hash(primary)
+    again.close()
