@@ -304,3 +304,22 @@ def test_a_commit_too_large_to_list_its_pages_marks_everything_changed(fdb):
     assert log[-1][1][16:] == pagestore.EVERYTHING
     assert rows(reader, "select b from big where id = 1") == [("changed",)]
     assert rows(reader, "select count(*) from big") == [(pagestore.LIST_LIMIT // 240 + 3,)]
+
+
+@pytest.mark.simulator_only
+def test_the_backend_collects_garbage_on_its_own(fdb):
+    a = MvsqliteBackend(fdb, PREFIX, gc_interval=0.05, gc_retention=0)
+    a.open()
+    w = a.writer()
+    w.run("create table g(id integer primary key, v)")
+    for i in range(100):
+        w.start("insert or replace into g values (1, ?)", (f"v{i}",), 10)
+    index = lambda: len(fdb.committed_items(PREFIX + b"i", PREFIX + b"j"))  # noqa: E731
+    before = index()
+    import time as _time
+    deadline = _time.monotonic() + 5
+    while index() >= before and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert index() < before // 2
+    assert rows(a.open_reader(), "select v from g") == [("v99",)]
+    a.close()

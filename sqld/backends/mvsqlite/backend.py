@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 import time
 
 import apsw
 
 from sqld.backends.libsql import LibsqlConnection
 from sqld.backends.mvsqlite import vfs as v
-from sqld.backends.mvsqlite.fdbport import Database
+from sqld.backends.mvsqlite.fdbport import VERSIONS_PER_SECOND, Database
 from sqld.backends.mvsqlite.pagestore import CommitFailed, PageStore, SnapshotTooOld
 from sqld.errors import SerializationFailure, SqldError
 
@@ -84,6 +85,7 @@ class MvsqliteBackend:
     name = "mvsqlite"
 
     def __init__(self, db: Database, prefix: bytes, *, foreign_keys: bool = True, page_size: int = 4096,
+                 gc_interval: float | None = 300.0, gc_retention: float = 600.0,
                  synchronous: str = "normal") -> None:
         self.fdb = db
         self.prefix = prefix
@@ -96,6 +98,10 @@ class MvsqliteBackend:
         self._writer: MvsqliteConnection | None = None
         self._readers: list[MvsqliteConnection] = []
         self._pinned: list[v.PageStoreVFS] = []
+        self.gc_interval = gc_interval
+        self.gc_retention = gc_retention
+        self._stop = threading.Event()
+        self._gc_thread: threading.Thread | None = None
 
     @staticmethod
     def exists(db: Database, prefix: bytes) -> bool:
@@ -123,7 +129,23 @@ class MvsqliteBackend:
         from sqld.backends.mvsqlite.replsource import ChangeLogCapture
 
         self.capture = ChangeLogCapture(self.store)  # replicas follow FDB's change log
+        if self.gc_interval:
+            self._gc_thread = threading.Thread(target=self._collect, name=f"mvsqlite-gc {self.path}", daemon=True)
+            self._gc_thread.start()
         log.info("opened mvsqlite database %r (page size %d)", self.prefix, self.store.page_size)
+
+    def _collect(self) -> None:
+        """Every ``gc_interval`` seconds: drop what no snapshot younger than ``gc_retention``
+        seconds reads (every process may run it: it is idempotent and safe beside commits;
+        an older snapshot then fails with 72000 rather than read a page that is gone)."""
+        while not self._stop.wait(self.gc_interval * random.uniform(0.8, 1.2)):
+            try:
+                horizon = self.store.current_version() - int(self.gc_retention * VERSIONS_PER_SECOND)
+                if horizon > 0:
+                    removed = self.store.gc(horizon)
+                    log.info("mvsqlite %s: collected %s", self.path, removed)
+            except Exception as exc:  # the next round tries again
+                log.warning("mvsqlite %s: garbage collection failed: %s", self.path, exc)
 
     def backup_source(self) -> tuple[apsw.Connection, int]:
         """A read-only connection pinned at the last commit, and that commit's version: what
@@ -150,6 +172,7 @@ class MvsqliteBackend:
         return conn
 
     def close(self) -> None:
+        self._stop.set()
         for r in self._readers:
             r.close()
         self._readers.clear()
