@@ -80,11 +80,38 @@ def _timeout(ctx, param, value):
               "session's own writes (read-your-writes) before it fails with 57014.")
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
+              help="A user who may connect (repeatable). Also SQLD_USERS=name:password,… and --users-file.")
+@click.option("--users-file", default=None, envvar="SQLD_USERS_FILE", show_envvar=True, metavar="FILE",
+              help="Users, a line each: 'NAME SECRET [readonly]'; SECRET a password or a SCRAM-SHA-256 "
+              "verifier (python -m sqld.auth prints one).")
+@click.option("--auth-method", type=click.Choice(["scram-sha-256", "md5", "password"]), default="scram-sha-256",
+              envvar="SQLD_AUTH_METHOD", show_envvar=True,
+              help="How users prove their password. md5 and password (cleartext) only if you must.")
+@click.option("--allow-trust", is_flag=True, envvar="SQLD_ALLOW_TRUST", show_envvar=True,
+              help="With no users configured, accept any user from anywhere (without it: from loopback only, "
+              "and the server refuses to listen beyond loopback).")
+@click.option("--tls-cert", default=None, envvar="SQLD_TLS_CERT", show_envvar=True, metavar="FILE",
+              help="TLS certificate (PEM, with its chain): clients may then ask for TLS (sslmode=require).")
+@click.option("--tls-key", default=None, envvar="SQLD_TLS_KEY", show_envvar=True, metavar="FILE",
+              help="The TLS certificate's private key (PEM).")
+@click.option("--tls-required", is_flag=True, envvar="SQLD_TLS_REQUIRED", show_envvar=True,
+              help="Refuse clients that do not use TLS (28000).")
+@click.option("--primary-user", default="sqld-replica", envvar="SQLD_PRIMARY_USER", show_envvar=True,
+              help="Replica: the user it connects to the primary as (replication and forwarded writes).")
+@click.option("--primary-password", default=None, envvar="SQLD_PRIMARY_PASSWORD", show_envvar=True,
+              help="Replica: that user's password (prefer the environment variable).")
+@click.option("--primary-sslmode", type=click.Choice(["disable", "prefer", "require", "verify-full"]),
+              default="prefer", envvar="SQLD_PRIMARY_SSLMODE", show_envvar=True,
+              help="Replica: TLS to the primary, as libpq's sslmode.")
+@click.option("--primary-ca", default=None, envvar="SQLD_PRIMARY_CA", show_envvar=True, metavar="FILE",
+              help="Replica: CA certificates to verify the primary with (verify-full).")
 @click.version_option(__version__, prog_name="sqld")
 def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, max_connections, statement_timeout, idle_tx_timeout,
          synchronous,
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
-         replica_wait_timeout, max_readers):
+         replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
+         tls_required, primary_user, primary_password, primary_sslmode, primary_ca):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -109,6 +136,22 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         except ValueError as exc:
             raise click.BadParameter(str(exc).replace("listen address", "primary address"),
                                      param_hint="--primary") from None
+    import os as _os
+
+    from sqld.auth import AuthConfig, Users, is_loopback
+
+    try:
+        account_list = Users.load(users, _os.environ.get("SQLD_USERS"), users_file)
+    except SqldError as exc:
+        raise click.BadParameter(exc.message, param_hint="--user/--users-file") from None
+    if not account_list and not allow_trust and not is_loopback(host):
+        raise click.UsageError(f"refusing to listen on {host} with no users configured: anyone who can reach it "
+                               "could connect. Configure users (--user, --users-file), listen on loopback, or "
+                               "pass --allow-trust.")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert/--tls-key")
+    if tls_required and tls_cert is None:
+        raise click.BadParameter("--tls-required needs --tls-cert and --tls-key", param_hint="--tls-required")
     config = Config(
         backend=backend, fdb_cluster=fdb_cluster, fdb_namespace=fdb_namespace, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
         max_connections=max_connections, statement_timeout=statement_timeout, idle_tx_timeout=idle_tx_timeout,
@@ -117,7 +160,12 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         replication_log_max_bytes=replication_log_max_mb << 20,
         primary_database=primary_database, poll_interval=poll_interval,
         replica_wait_timeout=replica_wait_timeout or 5.0,
+        auth=AuthConfig(account_list, auth_method, allow_trust), tls_cert=tls_cert, tls_key=tls_key,
+        tls_required=tls_required, primary_user=primary_user, primary_password=primary_password,
+        primary_sslmode=primary_sslmode, primary_ca=primary_ca,
     )
+    if allow_trust and not account_list and not is_loopback(host):
+        log.warning("no users configured and --allow-trust: anyone who reaches %s can connect", listen_addr)
     try:
         anyio.run(serve, config, backend="asyncio", backend_options={"use_uvloop": _have_uvloop()})
     except SqldError as exc:
@@ -157,7 +205,7 @@ async def serve(config: Config) -> None:
             SessionStackFactory(databases, statement_timeout=config.statement_timeout,
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
-            replication=databases.get,
+            replication=databases.get, auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
         )
         where = (f"serving {databases.main_file}" if config.backend == "libsql" else
                  f"serving FoundationDB {config.fdb_cluster}, namespace {config.fdb_namespace}")
@@ -168,6 +216,20 @@ async def serve(config: Config) -> None:
     finally:
         databases.close()
         log.info("stopped; databases checkpointed")
+
+
+def _tls_context(config: Config):
+    if config.tls_cert is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SqldError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
 
 
 def _mvsqlite_opener(config: Config):
@@ -200,13 +262,16 @@ async def serve_replica(config: Config) -> None:
     from sqld.replication.replica import ReplicaNode
     from sqld.services.compat import sql_functions
     from sqld.services.pgconn import PgConnectionFactory
-    from sqld.services.replica import ReplicaSessions, replica_functions
+    from sqld.services.replica import PrimaryAccount, ReplicaSessions, replica_functions
     from sqld.services.scheduler import Scheduler
     from sqld.services.stack import SessionStackFactory
 
     host, port = config.primary
+    account = PrimaryAccount(config.primary_user, config.primary_password, config.primary_sslmode, config.primary_ca)
     node = ReplicaNode(host, port, database_file(config.db_path), database=config.primary_database,
-                       poll_interval=config.poll_interval, durable=config.synchronous == "full")
+                       user=account.user, password=account.password, sslmode=account.sslmode,
+                       sslrootcert=account.sslrootcert, poll_interval=config.poll_interval,
+                       durable=config.synchronous == "full")
     log.info("replica of %s:%d (database %s): preparing %s", host, port, config.primary_database, node.db_file)
     await node.prepare()
     backend = ReplicaBackend(node.db_file, foreign_keys=config.foreign_keys, applier_idle=node.replica.idle)
@@ -225,11 +290,13 @@ async def serve_replica(config: Config) -> None:
 
         node.on_apply = on_apply
         sessions = ReplicaSessions(node, scheduler, primary=(host, port), database=config.primary_database,
-                                   wait_timeout=config.replica_wait_timeout, max_connections=config.max_connections)
+                                   wait_timeout=config.replica_wait_timeout, max_connections=config.max_connections,
+                                   account=account)
         factory = PgConnectionFactory(
             SessionStackFactory(sessions, statement_timeout=config.statement_timeout,
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
+            auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
         )
         server = await _listen(config, f"replica {node.db_file} of {host}:{port}")
         async with anyio.create_task_group() as tg:

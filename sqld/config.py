@@ -29,6 +29,14 @@ class Config:
     max_readers: int = 8
     inline_budget: int = 20
     max_message_size: int = 64 * 1024 * 1024
+    auth: object = None  # sqld.auth.AuthConfig
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_required: bool = False
+    primary_user: str = "sqld-replica"
+    primary_password: str | None = None
+    primary_sslmode: str = "prefer"
+    primary_ca: str | None = None
 
 
 def parse_listen_addr(addr: str) -> tuple[str, int]:

@@ -114,6 +114,14 @@ class ProtocolStream(anyio.abc.ByteStream):
             p.transport.resume_reading()
         return data
 
+    async def start_tls(self, context) -> None:
+        """Switch to TLS (after answering SSLRequest 'S'): the handshake, then every byte
+        through the TLS transport; the protocol object stays."""
+        p = self._p
+        loop = asyncio.get_running_loop()
+        with anyio.fail_after(10):  # a client that never finishes its handshake
+            p.transport = await loop.start_tls(p.transport, p, context, server_side=True)
+
     async def send(self, item: bytes) -> None:
         p = self._p
         if self._closed:

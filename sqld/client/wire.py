@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 from collections import OrderedDict
 
 import attrs
 
+from sqld.client.auth import AuthError, ClientAuth, tls_context
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
@@ -68,9 +70,13 @@ def _param(value) -> tuple[int, bytes | None]:
 class WireConnection:
     def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
                  timeout: float | None = 5.0, application_name: str = "sqld.client",
-                 lock_timeout: float | None = None, cache_size: int = 128, options: dict | None = None) -> None:
+                 lock_timeout: float | None = None, cache_size: int = 128, options: dict | None = None,
+                 sslmode: str = "prefer", sslrootcert: str | None = None) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
+            self._tls(host, sslmode, sslrootcert)
+        except ssl.SSLError as exc:
+            raise WireError(f"TLS with sqld at {host}:{port} failed: {exc}") from None
         except OSError as exc:
             raise WireError(f"cannot connect to sqld at {host}:{port}: {exc.strerror or exc}") from None
         self.sock.settimeout(None)
@@ -93,16 +99,18 @@ class WireConnection:
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
         startup.update(options or {})
         self._send(m.StartupMessage(startup).encode())
+        auth = ClientAuth(user, password)
         while True:
             msg = self._recv()
             if isinstance(msg, m.Authentication):
-                if msg.code == m.AUTH_OK:
-                    continue
-                if msg.code == 3 and password is not None:  # cleartext
-                    self._send(m.PasswordMessage(password.encode() + b"\x00").encode())
-                    continue
-                self.close()
-                raise WireError(f"the server asks for an authentication method ({msg.code}) this client lacks")
+                try:
+                    reply = auth.answer(msg)
+                except AuthError as exc:
+                    self.close()
+                    raise WireError(str(exc)) from None
+                if reply is not None:
+                    self._send(reply)
+                continue
             if isinstance(msg, m.ParameterStatus):
                 self.params[msg.name] = msg.value
             elif isinstance(msg, m.BackendKeyData):
@@ -116,6 +124,22 @@ class WireConnection:
         if self.params.get(EXT_PARAM) != "1":
             self.close()
             raise WireError(f"{host}:{port} is not a sqld server (it did not accept the sqld protocol extension)")
+
+    def _tls(self, host: str, sslmode: str, root_cert: str | None) -> None:
+        """SSLRequest, and TLS if the server agrees (libpq's sslmode semantics)."""
+        context = tls_context(sslmode, root_cert)
+        if context is None:
+            return
+        self.sock.sendall(m.SSLRequest().encode())
+        answer = self.sock.recv(1)
+        if answer == b"S":
+            self.sock = context.wrap_socket(self.sock, server_hostname=host)
+        elif sslmode in ("require", "verify-full"):
+            self.sock.close()
+            raise WireError(f"sqld at {host} does not offer TLS (sslmode={sslmode})")
+        elif answer != b"N":
+            self.sock.close()
+            raise WireError(f"{host} answered SSLRequest with {answer!r}: not a PostgreSQL server?")
 
     # -- bytes ------------------------------------------------------------------------------
 

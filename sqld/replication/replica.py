@@ -23,6 +23,9 @@ import anyio.abc
 import anyio.to_thread
 import apsw
 
+from anyio.streams.tls import TLSStream
+
+from sqld.client.auth import AuthError, ClientAuth, tls_context
 from sqld.errors import SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
@@ -43,8 +46,12 @@ class PrimaryError(Exception):
 
 class ReplicaNode:
     def __init__(self, primary_host: str, primary_port: int, db_file: Path, *, database: str = "main",
-                 user: str = "sqld-replica", poll_interval: float = 0.5, durable: bool = False) -> None:
+                 user: str = "sqld-replica", password: str | None = None, sslmode: str = "prefer",
+                 sslrootcert: str | None = None, poll_interval: float = 0.5, durable: bool = False) -> None:
         self.host, self.port = primary_host, primary_port
+        self.password = password
+        self.sslmode = sslmode
+        self.sslrootcert = sslrootcert
         self.db_file = Path(db_file)
         self.state_file = Path(str(db_file) + "-replica")
         self.database = database
@@ -185,17 +192,33 @@ class ReplicaNode:
     async def _connect(self) -> anyio.abc.SocketStream:
         with anyio.fail_after(5):
             stream = await anyio.connect_tcp(self.host, self.port)
-        stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(6, 1, 1)  # TCP_NODELAY
+            stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(6, 1, 1)  # TCP_NODELAY
+            context = tls_context(self.sslmode, self.sslrootcert)
+            if context is not None:
+                await stream.send(m.SSLRequest().encode())
+                answer = await stream.receive(1)
+                if answer == b"S":
+                    stream = await TLSStream.wrap(stream, hostname=self.host, ssl_context=context,
+                                                  standard_compatible=False)
+                elif self.sslmode in ("require", "verify-full"):
+                    await stream.aclose()
+                    raise PrimaryError(f"the primary does not offer TLS (--primary-sslmode {self.sslmode})")
         params = {"user": self.user, "database": self.database, p.STARTUP_PARAM: p.STARTUP_VALUE,
                   "application_name": "sqld-replica"}
         await stream.send(m.StartupMessage(params).encode())
-        self._startup_decoder = decoder = Decoder(m.BACKEND)
+        decoder = Decoder(m.BACKEND)
+        auth = ClientAuth(self.user, self.password)
         while True:
             msg = await self._next(stream, decoder)
             if isinstance(msg, m.ErrorResponse):
                 raise PrimaryError(msg.message, msg.sqlstate)
-            if isinstance(msg, m.Authentication) and msg.code != m.AUTH_OK:
-                raise PrimaryError(f"the primary asks for an authentication method ({msg.code}) replicas lack")
+            if isinstance(msg, m.Authentication):
+                try:
+                    reply = auth.answer(msg)
+                except AuthError as exc:
+                    raise PrimaryError(str(exc)) from None
+                if reply is not None:
+                    await stream.send(reply)
             if isinstance(msg, m.ReadyForQuery):
                 return _Buffered(stream, decoder)
 

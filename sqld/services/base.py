@@ -56,6 +56,7 @@ class SessionState:
     executing: bool = False
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
     ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
+    read_only_user: bool = False  # the user may not write (a users-file "readonly" user)
     total_changes: int = 0  # rows changed by this session's statements (sqlite3's total_changes)
     last_rowid: int = 0  # rowid of this session's last INSERT (sqlite3's lastrowid)
     schema: SchemaClock = attrs.Factory(SchemaClock)  # the session's database's (set by its scheduler)

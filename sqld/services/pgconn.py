@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from typing import Any
 
@@ -17,6 +18,7 @@ import anyio.abc
 import attrs
 
 from sqld.backends.base import Column
+from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
 from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
@@ -39,6 +41,7 @@ def _tag_count(tag: str) -> int:
     last = tag.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() and tag.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE") else 0
 
+FAILED_AUTH_DELAY = 1.0  # seconds before a wrong password is answered
 FLUSH_AT = 64 * 1024   # write out once this much output is buffered
 BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
 
@@ -126,8 +129,12 @@ class PgConnectionFactory:
     """
 
     def __init__(self, session_factory, *, max_connections: int = 100,
-                 max_message_size: int = 64 * 1024 * 1024, replication=None) -> None:
+                 max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
+                 tls_required: bool = False) -> None:
         self.session_factory = session_factory
+        self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
+        self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
+        self.tls_required = tls_required
         # async (database name) -> Scheduler, for replication connections; None: refused
         self.replication = replication
         self.registry = Registry()
@@ -158,6 +165,7 @@ class PgConnection:
         self.skip_to_sync = False
         self.counted = False
         self.status = b"I"  # as last told to the client in ReadyForQuery
+        self.tls = False
         self.replication = None  # the Scheduler a replication connection streams from
 
     # -- output ---------------------------------------------------------------------------
@@ -271,8 +279,16 @@ class PgConnection:
             if msg is NEED_DATA:
                 await self.receive()
                 continue
+            if isinstance(msg, m.SSLRequest) and self.factory.tls is not None and not self.tls \
+                    and hasattr(self.stream, "start_tls"):
+                if self.decoder.buffered:  # bytes after the request would be in the clear
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                await self.stream.send(b"S")
+                await self.stream.start_tls(self.factory.tls)
+                self.tls = True
+                continue
             if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
-                # 'N': no TLS/GSS here; the client goes on in the clear or gives up.
+                # 'N': no TLS (or GSS) here; the client goes on in the clear or gives up.
                 await self.stream.send(b"N")
                 continue
             if isinstance(msg, m.CancelRequest):
@@ -290,6 +306,10 @@ class PgConnection:
                     "replication connections are not supported" if self.factory.replication is None else
                     f'replication="{replication[:20]}" is not supported: sqld replicas connect with replication=sqld',
                     sqlstate="0A000")
+        if self.factory.tls_required and not self.tls:
+            raise NotAllowed("this server requires TLS (connect with sslmode=require or stronger)",
+                             hint="The server was started with --tls-required.")
+        account = await self.authenticate(user)
         if self.factory.active >= self.factory.max_connections:
             raise TooManyConnections(
                 "sorry, too many clients already",
@@ -303,6 +323,7 @@ class PgConnection:
         state.settings = initial_settings(user, params)
         state.application_name = state.settings.get("application_name", "")
         state.ext = params.get(EXT_PARAM) == "1"
+        state.read_only_user = account is not None and account.read_only
         self.state = state
         if replication not in (None, "false", "0", "off", "no"):
             self.replication = await self.factory.replication(state.database)
@@ -318,6 +339,58 @@ class PgConnection:
         self.write(_RFQ[b"I"])
         await self.flush()
         return True
+
+    def peer(self) -> str | None:
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None) if hasattr(self.stream, "extra") else None
+        try:
+            return sock.getpeername()[0] if sock is not None else None
+        except OSError:
+            return None
+
+    async def authenticate(self, name: str):
+        """Who the client is (sqld.auth decides; this sends and receives): the User, or None
+        when the server trusts (no users configured). Raises a FATAL error otherwise."""
+        auth = self.factory.auth
+        peer = self.peer()
+        if auth is None or not auth.users:
+            if (auth is not None and auth.allow_trust) or peer is None or is_loopback(peer):
+                return None
+            raise NotAllowed(f"no users are configured: this server accepts connections from loopback only, "
+                             f"not from {peer}", hint="Configure users (--user, --users-file) or --allow-trust.")
+        user = auth.users.get(name)
+        try:
+            if auth.method == "scram-sha-256":
+                exchange = ScramExchange(user)
+                self.write(m.Authentication(10, exchange.mechanisms()).encode())
+                server_first = exchange.first((await self._password()).data)
+                self.write(m.Authentication(11, server_first).encode())
+                final = exchange.final((await self._password()).data)
+                self.write(m.Authentication(12, final).encode())
+            elif auth.method == "md5":
+                salt = os.urandom(4)
+                self.write(m.Authentication(5, salt).encode())
+                if not md5_check(user, salt, (await self._password()).data):
+                    raise AuthFailed("password authentication failed")
+            else:
+                self.write(m.Authentication(3).encode())
+                if not password_check(user, (await self._password()).data):
+                    raise AuthFailed("password authentication failed")
+        except AuthFailed:
+            log.warning("password authentication failed for user %r from %s", name[:64], peer)
+            await anyio.sleep(FAILED_AUTH_DELAY)  # slows guessing; other sessions go on
+            raise AuthFailed(f'password authentication failed for user "{name[:64]}"') from None
+        return user
+
+    async def _password(self) -> m.PasswordMessage:
+        await self.flush()
+        while True:
+            msg = self.decoder.next_message()
+            if msg is NEED_DATA:
+                await self.receive()
+                continue
+            if isinstance(msg, m.PasswordMessage):
+                return msg
+            raise ProtocolViolation(f"expected a password message, got {type(msg).__name__}")
 
     # -- the message loop -------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import socket
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from sqld.backends.base import Column, NeedsWriter, StatementInfo
 from sqld.client.wire import ServerError, WireConnection, WireError
@@ -60,8 +61,10 @@ def replica_settings(settings: dict, wait_timeout: float) -> None:
 
 
 class ReplicaService:
-    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, limiter) -> None:
+    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, limiter,
+                 account=None) -> None:
         self.node = node
+        self.account = account or PrimaryAccount()
         self.local = local          # the SchedulerService on the local copy
         self.state = state
         self.primary = primary
@@ -268,6 +271,9 @@ class ReplicaService:
         return cur
 
     async def _remote(self) -> WireConnection:
+        if self.state.read_only_user:
+            raise SqldError(f'permission denied: user "{self.state.user}" may only read', sqlstate="42501",
+                            hint="The users file marks this user readonly.")
         if self.remote is not None and not self.remote.closed:
             if self.remote_tx or _alive(self.remote):
                 return self.remote
@@ -286,9 +292,15 @@ class ReplicaService:
                 options[name] = value
             self.sent[name] = value
 
+        account = self.account
+
         def connect() -> WireConnection:
-            return WireConnection(host, port, user=state.user, database=self.database, timeout=2.0,
-                                  application_name=f"sqld-replica/{state.application_name}"[:63], options=options)
+            # As the replica's own user (it cannot speak for the client's password): the
+            # client was authenticated here, and read-only users were stopped above.
+            return WireConnection(host, port, user=account.user, password=account.password, database=self.database,
+                                  timeout=2.0, sslmode=account.sslmode, sslrootcert=account.sslrootcert,
+                                  application_name=f"sqld-replica/{state.user}/{state.application_name}"[:63],
+                                  options=options)
 
         try:
             self.remote = await anyio.to_thread.run_sync(connect, limiter=self.limiter)
@@ -438,13 +450,24 @@ def replica_functions(node):
 
 
 
+@attrs.frozen
+class PrimaryAccount:
+    """How a replica reaches its primary: user, password, TLS."""
+
+    user: str = "sqld-replica"
+    password: str | None = attrs.field(default=None, repr=False)
+    sslmode: str = "prefer"
+    sslrootcert: str | None = None
+
+
 class ReplicaSessions:
     """Each session of a replica: the replica service over the local scheduler. A replica
     serves one database, its primary's ``database`` (also reachable as ``main``)."""
 
     def __init__(self, node, scheduler, *, primary: tuple[str, int], database: str, wait_timeout: float,
-                 max_connections: int) -> None:
+                 max_connections: int, account: PrimaryAccount | None = None) -> None:
         self.node = node
+        self.account = account
         self.scheduler = scheduler
         self.primary = primary
         self.database = database
@@ -461,4 +484,4 @@ class ReplicaSessions:
         replica_settings(state.settings, self.wait_timeout)
         local = await self.scheduler(state)
         return ReplicaService(self.node, local, state, primary=self.primary, database=self.database,
-                              limiter=self.limiter)
+                              limiter=self.limiter, account=self.account)
