@@ -80,6 +80,9 @@ def _timeout(ctx, param, value):
               "session's own writes (read-your-writes) before it fails with 57014.")
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
+@click.option("--allow-unsafe-sql", is_flag=True, envvar="SQLD_ALLOW_UNSAFE_SQL", show_envvar=True,
+              help="Let clients ATTACH files, VACUUM INTO a path, load extensions and set pragmas that change "
+              "how the server writes its files (refused with 42501 by default).")
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
               help="A user who may connect (repeatable). Also SQLD_USERS=name:password,… and --users-file.")
 @click.option("--users-file", default=None, envvar="SQLD_USERS_FILE", show_envvar=True, metavar="FILE",
@@ -111,7 +114,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
          synchronous,
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
-         tls_required, primary_user, primary_password, primary_sslmode, primary_ca):
+         tls_required, primary_user, primary_password, primary_sslmode, primary_ca, allow_unsafe_sql):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -162,7 +165,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         replica_wait_timeout=replica_wait_timeout or 5.0,
         auth=AuthConfig(account_list, auth_method, allow_trust), tls_cert=tls_cert, tls_key=tls_key,
         tls_required=tls_required, primary_user=primary_user, primary_password=primary_password,
-        primary_sslmode=primary_sslmode, primary_ca=primary_ca,
+        primary_sslmode=primary_sslmode, primary_ca=primary_ca, unsafe_sql=allow_unsafe_sql,
     )
     if allow_trust and not account_list and not is_loopback(host):
         log.warning("no users configured and --allow-trust: anyone who reaches %s can connect", listen_addr)
@@ -197,7 +200,7 @@ async def serve(config: Config) -> None:
         foreign_keys=config.foreign_keys, max_readers=config.max_readers, inline_budget=config.inline_budget,
         functions=sql_functions(), replication_log=config.replication_log,
         replication_log_max_bytes=config.replication_log_max_bytes,
-        opener=_mvsqlite_opener(config) if config.backend == "mvsqlite" else None,
+        opener=_mvsqlite_opener(config) if config.backend == "mvsqlite" else None, unsafe_sql=config.unsafe_sql,
     )
     databases.open_main()
     try:
@@ -250,7 +253,8 @@ def _mvsqlite_opener(config: Config):
             raise SqldError(str(exc)) from None
 
     def opener(name: str):
-        return MvsqliteBackend(fdb, f"{config.fdb_namespace}/{name}/".encode(), foreign_keys=config.foreign_keys)
+        return MvsqliteBackend(fdb, f"{config.fdb_namespace}/{name}/".encode(), foreign_keys=config.foreign_keys,
+                               unsafe_sql=config.unsafe_sql)
 
     opener.exists = lambda name: MvsqliteBackend.exists(fdb, f"{config.fdb_namespace}/{name}/".encode())
     return opener
@@ -274,7 +278,8 @@ async def serve_replica(config: Config) -> None:
                        durable=config.synchronous == "full")
     log.info("replica of %s:%d (database %s): preparing %s", host, port, config.primary_database, node.db_file)
     await node.prepare()
-    backend = ReplicaBackend(node.db_file, foreign_keys=config.foreign_keys, applier_idle=node.replica.idle)
+    backend = ReplicaBackend(node.db_file, foreign_keys=config.foreign_keys, applier_idle=node.replica.idle,
+                             unsafe_sql=config.unsafe_sql)
     backend.open()
     try:
         scheduler = Scheduler(backend, max_readers=config.max_readers, inline_budget=config.inline_budget,

@@ -37,6 +37,7 @@ class Config:
     primary_password: str | None = None
     primary_sslmode: str = "prefer"
     primary_ca: str | None = None
+    unsafe_sql: bool = False  # --allow-unsafe-sql: no SQL sandbox
 
 
 def parse_listen_addr(addr: str) -> tuple[str, int]:

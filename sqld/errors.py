@@ -154,6 +154,7 @@ _CONSTRAINT = {
 # SQLITE_ERROR covers every compile-time error; the message is the only thing that tells
 # them apart (SQLite has no finer code for these). Checked in order, first match wins.
 _MESSAGE_PREFIXES = (
+    ("not authorized", "42501"),  # the SQL sandbox (backends/sandbox.py) refused it
     ("no such table", "42P01"),
     ("no such view", "42P01"),
     ("no such column", "42703"),

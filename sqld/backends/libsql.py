@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import apsw
 
+from sqld.backends import sandbox
 from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsWriter, StatementInfo
 from sqld.errors import SqldError, from_sqlite
 
@@ -258,7 +259,8 @@ class LibsqlBackend:
 
     def __init__(self, db_path: str | os.PathLike, *, synchronous: str = "full", foreign_keys: bool = True,
                  busy_timeout_ms: int = 5000, replication_log: bool = False,
-                 replication_log_max_bytes: int = 64 << 20) -> None:
+                 replication_log_max_bytes: int = 64 << 20, unsafe_sql: bool = False) -> None:
+        self.unsafe_sql = unsafe_sql
         self.path = database_file(db_path)
         self.replication_log = replication_log
         self.replication_log_max_bytes = replication_log_max_bytes
@@ -299,6 +301,7 @@ class LibsqlBackend:
 
             self.capture = Capture(conn, self.path, Path(str(self.path) + "-replog"),
                                    max_log_bytes=self.replication_log_max_bytes)
+        conn.authorizer = sandbox.authorizer(self.unsafe_sql, sandbox.REPLICATION_LOG if self.capture is not None else frozenset())
         log.info("opened %s (journal_mode=wal, synchronous=%s)", self.path, self.synchronous)
 
     def writer(self) -> LibsqlConnection:
@@ -308,6 +311,7 @@ class LibsqlBackend:
     def open_reader(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
         self._configure(conn)
+        conn.authorizer = sandbox.authorizer(self.unsafe_sql)
         reader = LibsqlConnection(conn, readonly=True)
         self._readers.append(reader)
         return reader
@@ -321,6 +325,7 @@ class LibsqlBackend:
         if w is None:
             return
         w.finish()
+        w.apsw.authorizer = None  # the server's own checkpoint below
         try:
             if w.in_transaction():
                 w.apsw.execute("rollback").fetchall()

@@ -16,6 +16,7 @@ import weakref
 
 import apsw
 
+from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ class ReplicaBackend:
     name = "replica"
 
     def __init__(self, path: str | os.PathLike, *, foreign_keys: bool = True, busy_timeout_ms: int = 30000,
-                 applier_idle: threading.Event | None = None) -> None:
+                 applier_idle: threading.Event | None = None, unsafe_sql: bool = False) -> None:
         self.path = path
+        self.unsafe_sql = unsafe_sql
         self.applier_idle = applier_idle  # set while the applier holds no lock
         self._loop_thread = threading.get_ident()  # opened on the event loop's thread
         self.foreign_keys = foreign_keys
@@ -39,6 +41,7 @@ class ReplicaBackend:
     def _connect(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
         conn.execute(f"pragma foreign_keys={'on' if self.foreign_keys else 'off'}").fetchall()
+        conn.authorizer = sandbox.authorizer(self.unsafe_sql)
         wrapped = LibsqlConnection(conn, readonly=True)
         limit = self.busy_timeout_ms / 1000
 

@@ -31,9 +31,6 @@ from sqld.replication.wal import WAL_HEADER, WalError, read_header, transactions
 
 log = logging.getLogger(__name__)
 
-# Pragmas that would make the log miss commits: another WAL hook, or leaving WAL mode.
-_GUARDED_PRAGMAS = frozenset(("wal_autocheckpoint", "journal_mode"))
-
 
 class Capture:
     def __init__(self, conn: apsw.Connection, db_file: Path, log_path: Path, checkpoint_pages: int = 1000,
@@ -60,14 +57,7 @@ class Capture:
             self._snapshot()
         conn.set_wal_hook(self._on_commit)
         # The log follows only while the hook is SQLite's and the database stays in WAL mode:
-        # a session may not change either on the writer (42501).
-        conn.authorizer = self._authorize
-
-    @staticmethod
-    def _authorize(op, p1, p2, dbname, trigger) -> int:
-        if op == apsw.SQLITE_PRAGMA and p2 is not None and (p1 or "").lower() in _GUARDED_PRAGMAS:
-            return apsw.SQLITE_DENY
-        return apsw.SQLITE_OK
+        # the backend's sandbox (backends/sandbox.py) refuses sessions either change.
 
     def _rotate(self) -> None:
         old = self.log_path.with_name(self.log_path.name + ".old")

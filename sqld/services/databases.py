@@ -43,7 +43,7 @@ class Databases:
 
     def __init__(self, db_path, *, create: bool = True, synchronous: str = "full", foreign_keys: bool = True,
                  max_readers: int = 8, inline_budget: int = 20, functions=(), replication_log: bool = False,
-                 replication_log_max_bytes: int = 64 << 20, opener=None) -> None:
+                 replication_log_max_bytes: int = 64 << 20, opener=None, unsafe_sql: bool = False) -> None:
         self.db_path = Path(db_path)
         # ``opener(name) -> backend`` and ``opener.exists(name)`` for backends that are not
         # files (mvsqlite);
@@ -53,7 +53,7 @@ class Databases:
         self.folder_mode = opener is not None or self.main_file != self.db_path
         self.create = create
         self._options = dict(synchronous=synchronous, foreign_keys=foreign_keys, replication_log=replication_log,
-                             replication_log_max_bytes=replication_log_max_bytes)
+                             replication_log_max_bytes=replication_log_max_bytes, unsafe_sql=unsafe_sql)
         self._scheduler_options = dict(max_readers=max_readers, inline_budget=inline_budget,
                                        functions=list(functions))
         self.open: dict[str, Scheduler] = {}
@@ -115,7 +115,8 @@ class Databases:
     async def private(self) -> tuple[Scheduler, object]:
         """A database for one session; call the returned function when the session ends."""
         folder = Path(tempfile.mkdtemp(prefix="sqld-private-"))
-        backend = LibsqlBackend(folder / "private.db", synchronous="off", foreign_keys=self._options["foreign_keys"])
+        backend = LibsqlBackend(folder / "private.db", synchronous="off", foreign_keys=self._options["foreign_keys"],
+                                unsafe_sql=self._options["unsafe_sql"])
         backend.open()
         scheduler = Scheduler(backend, **self._scheduler_options)
         scope = anyio.CancelScope()

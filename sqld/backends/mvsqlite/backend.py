@@ -17,6 +17,7 @@ import time
 
 import apsw
 
+from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
 from sqld.backends.mvsqlite import vfs as v
 from sqld.backends.mvsqlite.fdbport import VERSIONS_PER_SECOND, Database
@@ -85,9 +86,10 @@ class MvsqliteBackend:
     name = "mvsqlite"
 
     def __init__(self, db: Database, prefix: bytes, *, foreign_keys: bool = True, page_size: int = 4096,
-                 gc_interval: float | None = 300.0, gc_retention: float = 600.0,
+                 gc_interval: float | None = 300.0, gc_retention: float = 600.0, unsafe_sql: bool = False,
                  synchronous: str = "normal") -> None:
         self.fdb = db
+        self.unsafe_sql = unsafe_sql
         self.prefix = prefix
         self.foreign_keys = foreign_keys
         self.page_size = page_size
@@ -115,6 +117,8 @@ class MvsqliteBackend:
         for pragma in ("journal_mode=memory", "synchronous=normal", "cache_size=-16000",
                        f"foreign_keys={'on' if self.foreign_keys else 'off'}"):
             conn.execute(f"pragma {pragma}").fetchall()
+        # The VFS commits at SQLite's sync: journal mode and synchronous are never the session's.
+        conn.authorizer = sandbox.authorizer(self.unsafe_sql, sandbox.MVSQLITE)
         return MvsqliteConnection(conn, readonly=readonly)
 
     def open(self) -> None:
