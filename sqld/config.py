@@ -38,6 +38,7 @@ class Config:
     primary_sslmode: str = "prefer"
     primary_ca: str | None = None
     unsafe_sql: bool = False  # --allow-unsafe-sql: no SQL sandbox
+    startup_timeout: float = 60.0  # seconds to start up and authenticate
 
 
 def parse_listen_addr(addr: str) -> tuple[str, int]:

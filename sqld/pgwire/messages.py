@@ -762,8 +762,8 @@ class ErrorResponse:
             message=fields.get("message", ""),
             detail=fields.get("detail"),
             hint=fields.get("hint"),
-            position=int(pos) if pos and pos.isascii() and pos.isdigit() else None,
-            sqlite_code=int(code) if code and code.isascii() and code.isdigit() else None,
+            position=int(pos) if pos and pos.isascii() and pos.isdigit() and len(pos) < 12 else None,
+            sqlite_code=int(code) if code and code.isascii() and code.isdigit() and len(code) < 12 else None,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 
-from sqld.errors import DataError, FeatureNotSupported, InvalidParameterValue
+from sqld.errors import DataError, FeatureNotSupported, InvalidParameterValue, SqldError
 
 BOOL = 16
 BYTEA = 17
@@ -372,14 +372,19 @@ def _numeric_from_binary(i: int, raw: bytes):
     exp4 = weight - ndigits + 1  # power of 10000 of the last digit
     if sign == 0x4000:
         value = -value
-    if exp4 >= 0:
+    from decimal import Decimal
+
+    if any(not 0 <= d < 10000 for d in digits):
+        raise _bad_param(i, NUMERIC, raw, "binary digits must be 0 to 9999")
+    if exp4 >= 0 and abs(weight) < 100:  # small enough to compute exactly as an int
         whole = value * 10000**exp4
         if -(2**63) <= whole < 2**63:
             return whole
-        return float(whole)
-    from decimal import Decimal
-
-    return float(Decimal(value).scaleb(4 * exp4))
+    result = float(Decimal(value).scaleb(4 * exp4))
+    if math.isinf(result):
+        raise SqldError(f"numeric value out of range for parameter ${i + 1}: SQLite's REAL holds up to about 1.8e308",
+                        sqlstate="22003")
+    return result
 
 
 def bytea_from_text(text: str, i: int = 0) -> bytes:

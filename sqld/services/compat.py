@@ -84,12 +84,12 @@ def is_reported(name: str) -> bool:
     return bool(d and d[1])
 
 
-def parse_timeout(value: str) -> float | None:
+def parse_timeout(value: str, name: str = "statement_timeout") -> float | None:
     """A PostgreSQL time setting (milliseconds by default, or with a unit) as seconds."""
     v = value.strip().strip("'\"").strip().lower()
-    m = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?", v)
+    m = re.fullmatch(r"(-?\d{1,15}(?:\.\d{1,15})?)\s*(us|ms|s|min|h|d)?", v)
     if not m:
-        raise InvalidParameterValue(f'invalid value for parameter "statement_timeout": "{value}"',
+        raise InvalidParameterValue(f'invalid value for parameter "{name}": "{value[:100]}"',
                                     hint="Valid units for this parameter are \"us\", \"ms\", \"s\", \"min\", \"h\", and \"d\".")
     n = float(m.group(1))
     unit = m.group(2) or "ms"
@@ -226,9 +226,9 @@ class CompatService:
         if name == "statement_timeout":
             self.state.statement_timeout = parse_timeout(value) if value else self.default_timeout
         if name == "lock_timeout":
-            self.state.lock_timeout = parse_timeout(value) if value else None
+            self.state.lock_timeout = parse_timeout(value, name) if value else None
         if name == "idle_in_transaction_session_timeout":
-            self.state.idle_tx_timeout = parse_timeout(value) if value else self.default_idle_tx_timeout
+            self.state.idle_tx_timeout = parse_timeout(value, name) if value else self.default_idle_tx_timeout
         if name in ("server_version", "server_encoding", "integer_datetimes", "server_version_num"):
             raise SqldError(f'parameter "{name}" cannot be changed', sqlstate="55P02")
         self.state.settings[name] = value

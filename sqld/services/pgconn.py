@@ -130,11 +130,12 @@ class PgConnectionFactory:
 
     def __init__(self, session_factory, *, max_connections: int = 100,
                  max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
-                 tls_required: bool = False) -> None:
+                 tls_required: bool = False, startup_timeout: float = 60.0) -> None:
         self.session_factory = session_factory
         self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
         self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
         self.tls_required = tls_required
+        self.startup_timeout = startup_timeout
         # async (database name) -> Scheduler, for replication connections; None: refused
         self.replication = replication
         self.registry = Registry()
@@ -228,7 +229,15 @@ class PgConnection:
     async def run(self) -> None:
         try:
             try:
-                if not await self.startup():
+                # A client gets this long to start up and authenticate (PostgreSQL's
+                # authentication_timeout): a silent or half-sent startup holds no socket forever.
+                with anyio.move_on_after(self.factory.startup_timeout) as scope:
+                    started = await self.startup()
+                if scope.cancelled_caught:
+                    log.info("closing a connection from %s that did not start up within %g s", self.peer(),
+                             self.factory.startup_timeout)
+                    return
+                if not started:
                     return
                 if self.replication is not None:
                     from sqld.replication import sender
@@ -325,10 +334,14 @@ class PgConnection:
         state.ext = params.get(EXT_PARAM) == "1"
         state.read_only_user = account is not None and account.read_only
         self.state = state
-        if replication not in (None, "false", "0", "off", "no"):
-            self.replication = await self.factory.replication(state.database)
-        else:
-            self.service = await self.factory.session_factory(state)
+        try:
+            if replication not in (None, "false", "0", "off", "no"):
+                self.replication = await self.factory.replication(state.database)
+            else:
+                self.service = await self.factory.session_factory(state)
+        except SqldError as exc:
+            exc.severity = "FATAL"  # no session to go on with (a bad startup setting, say)
+            raise
         self.write(m.Authentication(m.AUTH_OK).encode())
         for name, value in state.settings.items():
             if is_reported(name):
@@ -422,6 +435,8 @@ class PgConnection:
                     pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
                 else:
                     raise ProtocolViolation(f"unexpected message {mt.__name__} in this state")
+            except (_Gone, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                raise  # the client went away in the middle: the session ends, quietly
             except (SqldError, Exception) as exc:
                 if isinstance(exc, SqldError):
                     err = exc
@@ -791,6 +806,7 @@ class PgConnection:
         reader = copy.RowReader(spec)
         count = 0
         error: SqldError | None = None
+        ended = False
 
         async def insert_rows(rows) -> None:
             nonlocal count
@@ -815,6 +831,7 @@ class PgConnection:
                         await insert_rows(reader.feed(msg.data))
                     continue
                 if mt is m.CopyDone:
+                    ended = True  # the copy is over, whatever its last line holds
                     if error is None:
                         await insert_rows(reader.finish())
                     break
@@ -828,6 +845,8 @@ class PgConnection:
                 if exc.severity == "FATAL":
                     raise
                 error = error or exc  # keep reading until the client ends the copy
+                if ended:
+                    break
         if own_tx:
             with anyio.CancelScope(shield=True):
                 await (await self.service(Execute(_ROLLBACK if error else _COMMIT))).close()
@@ -861,6 +880,8 @@ class PgConnection:
             if implicit:
                 await (await self.service(Execute(_COMMIT))).close()
         except SqldError as err:
+            if err.severity == "FATAL":
+                raise  # the session ends (its transaction rolls back with it)
             self.write_error(err)
             if implicit:
                 with anyio.CancelScope(shield=True):

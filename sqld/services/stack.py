@@ -31,12 +31,13 @@ class SessionStackFactory:
     async def __call__(self, state: SessionState):
         state.statement_timeout = self.statement_timeout
         if state.settings.get("lock_timeout", "0") != "0":  # a startup parameter, as PostgreSQL allows
-            state.lock_timeout = parse_timeout(state.settings["lock_timeout"])
+            state.lock_timeout = parse_timeout(state.settings["lock_timeout"], "lock_timeout")
         state.idle_tx_timeout = self.idle_tx_timeout
         if self.idle_tx_timeout:
             state.settings["idle_in_transaction_session_timeout"] = f"{int(self.idle_tx_timeout * 1000)}ms"
         if state.settings.get("idle_in_transaction_session_timeout", "0") != "0":
-            state.idle_tx_timeout = parse_timeout(state.settings["idle_in_transaction_session_timeout"])
+            state.idle_tx_timeout = parse_timeout(state.settings["idle_in_transaction_session_timeout"],
+                                                  "idle_in_transaction_session_timeout")
         if self.statement_timeout:
             state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
         if isinstance(self.databases, (Scheduler, ReplicaSessions)):

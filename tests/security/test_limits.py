@@ -1,0 +1,63 @@
+"""Limits a client cannot push past: a client that stops reading, a 2 GB length field."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import psutil
+import psycopg
+
+from sqld.pgwire import messages as m
+from tests.rawclient import RawClient
+
+BIG = ("with recursive r(i) as (select 1 union all select i + 1 from r where i < 200000) "
+       "select randomblob(1000) from r")  # ~200 MB of rows
+
+
+def rss(server) -> int:
+    return psutil.Process(server.pid).memory_info().rss
+
+
+def test_a_client_that_stops_reading_cannot_make_the_server_buffer(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn()) as c:
+        c.execute("select 1")
+    before = rss(server)
+    rc = RawClient(server.host, server.port)
+    rc.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    rc.send(m.Query(BIG))  # then read nothing
+    time.sleep(3)
+    grown = rss(server) - before
+    with psycopg.connect(server.dsn(), autocommit=True) as c:  # everyone else is served meanwhile
+        assert c.execute("select 42").fetchone() == (42,)
+    assert grown < 64 << 20, f"the server grew by {grown >> 20} MB for a client that reads nothing"
+    rc.sock.close()
+    time.sleep(0.5)
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select 43").fetchone() == (43,)
+    assert "Traceback" not in server.log()
+
+
+def test_a_2gb_length_field_is_refused_without_allocating(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    before = rss(server)
+    rc = RawClient(server.host, server.port)
+    rc.sock.sendall(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"select 1")
+    err = rc.recv()
+    assert isinstance(err, m.ErrorResponse) and err.severity == "FATAL"
+    assert rc.sock.recv(1) == b""  # and the connection is closed
+    assert rss(server) - before < 16 << 20
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_a_connection_that_never_starts_up_is_closed(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db", env={"SQLD_STARTUP_TIMEOUT": "1s"})
+    silent = socket.create_connection((server.host, server.port), timeout=10)
+    half = socket.create_connection((server.host, server.port), timeout=10)
+    half.sendall(b"\x00\x00\x00\x50\x00\x03")  # a startup packet that never ends
+    for sock in (silent, half):
+        assert sock.recv(1) == b""  # closed by the server, after the startup timeout
+        sock.close()
