@@ -83,6 +83,8 @@ def _timeout(ctx, param, value):
 @click.option("--startup-timeout", callback=_timeout, default="60s", envvar="SQLD_STARTUP_TIMEOUT",
               show_envvar=True, help="Close a connection that has not started up and authenticated within "
               "this long (PostgreSQL's authentication_timeout).")
+@click.option("--max-sql-length", type=click.IntRange(1), default=16 * 1024 * 1024, envvar="SQLD_MAX_SQL_LENGTH",
+              show_envvar=True, help="Longest statement text accepted, in characters (54000 beyond).")
 @click.option("--allow-unsafe-sql", is_flag=True, envvar="SQLD_ALLOW_UNSAFE_SQL", show_envvar=True,
               help="Let clients ATTACH files, VACUUM INTO a path, load extensions and set pragmas that change "
               "how the server writes its files (refused with 42501 by default).")
@@ -118,7 +120,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
          tls_required, primary_user, primary_password, primary_sslmode, primary_ca, allow_unsafe_sql,
-         startup_timeout):
+         startup_timeout, max_sql_length):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -170,7 +172,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         auth=AuthConfig(account_list, auth_method, allow_trust), tls_cert=tls_cert, tls_key=tls_key,
         tls_required=tls_required, primary_user=primary_user, primary_password=primary_password,
         primary_sslmode=primary_sslmode, primary_ca=primary_ca, unsafe_sql=allow_unsafe_sql,
-        startup_timeout=startup_timeout or 60.0,
+        startup_timeout=startup_timeout or 60.0, max_sql_length=max_sql_length,
     )
     if allow_trust and not account_list and not is_loopback(host):
         log.warning("no users configured and --allow-trust: anyone who reaches %s can connect", listen_addr)
@@ -214,7 +216,7 @@ async def serve(config: Config) -> None:
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
             replication=databases.get, auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
-            startup_timeout=config.startup_timeout,
+            startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
         )
         where = (f"serving {databases.main_file}" if config.backend == "libsql" else
                  f"serving FoundationDB {config.fdb_cluster}, namespace {config.fdb_namespace}")
@@ -308,7 +310,7 @@ async def serve_replica(config: Config) -> None:
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
             auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
-            startup_timeout=config.startup_timeout,
+            startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
         )
         server = await _listen(config, f"replica {node.db_file} of {host}:{port}")
         async with anyio.create_task_group() as tg:

@@ -39,6 +39,7 @@ class Config:
     primary_ca: str | None = None
     unsafe_sql: bool = False  # --allow-unsafe-sql: no SQL sandbox
     startup_timeout: float = 60.0  # seconds to start up and authenticate
+    max_sql_length: int = 16 * 1024 * 1024  # characters of statement text
 
 
 def parse_listen_addr(addr: str) -> tuple[str, int]:

@@ -130,12 +130,14 @@ class PgConnectionFactory:
 
     def __init__(self, session_factory, *, max_connections: int = 100,
                  max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
-                 tls_required: bool = False, startup_timeout: float = 60.0) -> None:
+                 tls_required: bool = False, startup_timeout: float = 60.0,
+                 max_sql_length: int = 16 * 1024 * 1024) -> None:
         self.session_factory = session_factory
         self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
         self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
         self.tls_required = tls_required
         self.startup_timeout = startup_timeout
+        self.max_sql_length = max_sql_length
         # async (database name) -> Scheduler, for replication connections; None: refused
         self.replication = replication
         self.registry = Registry()
@@ -500,7 +502,14 @@ class PgConnection:
 
     # -- extended protocol -------------------------------------------------------------------
 
+    def _check_length(self, sql: str) -> None:
+        limit = self.factory.max_sql_length
+        if len(sql) > limit:
+            raise SqldError(f"statement too long: {len(sql):,} characters (the limit is {limit:,})",
+                            sqlstate="54000", hint="Bind large values as parameters, or raise --max-sql-length.")
+
     async def on_parse(self, msg: m.Parse) -> None:
+        self._check_length(msg.sql)
         stmt = parse_one(msg.sql)
         if msg.name and msg.name in self.statements:
             raise SqldError(f'prepared statement "{msg.name}" already exists', sqlstate="42P05")
@@ -859,6 +868,7 @@ class PgConnection:
     async def on_query(self, msg: m.Query) -> None:
         # A simple Query closes the unnamed portal and statement (protocol 55.2.2).
         try:
+            self._check_length(msg.sql)
             statements = parse(msg.sql)
         except SqldError as err:
             self.write_error(err)

@@ -7,6 +7,7 @@ import struct
 import time
 
 import psutil
+import pytest
 import psycopg
 
 from sqld.pgwire import messages as m
@@ -61,3 +62,14 @@ def test_a_connection_that_never_starts_up_is_closed(start_sqld, tmp_path):
     for sock in (silent, half):
         assert sock.recv(1) == b""  # closed by the server, after the startup timeout
         sock.close()
+
+
+def test_statements_longer_than_the_limit_are_refused(start_sqld, tmp_path):
+    server = start_sqld("--max-sql-length", "1000", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        long_sql = "select " + " + ".join(["1"] * 600)
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            c.execute(long_sql)
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            c.execute(long_sql + " where %s = %s", (1, 1))  # the extended protocol too
+        assert c.execute("select 1 + %s", (1,)).fetchone() == (2,)
