@@ -33,9 +33,11 @@ import attrs
 from sqld.replication.wal import Page, Transaction
 
 _U32 = struct.Struct(">I")
-STATE_MAGIC = b"SQLDREP1"
-# magic, generation, frame, db size (pages), page count, page size, CRC-32 of what follows
-STATE_HEADER = struct.Struct(">8s16sQIIII")
+STATE_MAGIC = b"SQLDREP2"
+# magic, sequence, generation, frame, db size (pages), page count, page size, then the CRC-32 of
+# all of that and the pages
+STATE_HEADER = struct.Struct(">8sQ16sQIII")
+_CRC = struct.Struct(">I")
 _PAGENO = struct.Struct(">I")
 
 
@@ -95,19 +97,16 @@ class Replica:
         self.fd = os.open(path, os.O_RDWR)
         self.position: Position | None = None
         self.damaged = False
-        if self.state_path is not None:
+        self.state = StateFile(self.state_path, durable) if self.state_path is not None else None
+        if self.state is not None:
             self._recover()
 
     # -- the state file ---------------------------------------------------------------------
 
     def _recover(self) -> None:
-        try:
-            raw = self.state_path.read_bytes()
-        except FileNotFoundError:
-            return
-        record = _decode_state(raw)
+        record = self.state.load()
         if record is None:
-            return  # unreadable: no position, the replica bootstraps again
+            return  # none, or unreadable: no position, the replica bootstraps again
         position, tx = record
         if tx.pages:
             self._lock()  # redo: the last apply may have stopped half-way
@@ -119,11 +118,7 @@ class Replica:
         self.position = position
 
     def _save(self, position: Position, tx: Transaction) -> None:
-        body = b"".join(_PAGENO.pack(p.number) + p.data for p in tx.pages)
-        page_size = len(tx.pages[0].data) if tx.pages else 0
-        head = STATE_HEADER.pack(STATE_MAGIC, position.generation, position.frame, tx.db_size,
-                                 len(tx.pages), page_size, zlib.crc32(body))
-        write_state(self.state_path, head + body, self.durable)
+        self.state.save(position, tx)
 
     def set_position(self, position: Position) -> None:
         """Record the position of a file made elsewhere (a fresh bootstrap): no pages to redo."""
@@ -226,37 +221,71 @@ class Replica:
         os.close(self.fd)
 
 
-def write_state(path: Path, data: bytes, durable: bool) -> None:
-    """Replace the state file atomically (and durably: the file, then its folder's entry)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if durable:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+class StateFile:
+    """The redo record and position, in two slots written in turn (``PATH`` and ``PATH.1``),
+    each record with a sequence number and a CRC over all of it. A write torn by a crash
+    leaves the other slot whole; reading takes the valid record with the highest sequence.
+    No rename, so no directory sync: one fsync per record when durable."""
+
+    def __init__(self, path: Path, durable: bool) -> None:
+        self.paths = (Path(path), Path(path).with_name(Path(path).name + ".1"))
+        self.durable = durable
+        self.seq = 0
+        self.slot = 1  # the slot written last
+
+    def exists(self) -> bool:
+        return any(p.exists() for p in self.paths)
+
+    def load(self) -> tuple[Position, Transaction] | None:
+        best = None
+        for slot, path in enumerate(self.paths):
+            try:
+                record = _decode_state(path.read_bytes())
+            except FileNotFoundError:
+                continue
+            if record is not None and (best is None or record[0] > best[0]):
+                best = (*record, slot)
+        if best is None:
+            return None
+        self.seq, position, tx, self.slot = best
+        return position, tx
+
+    def save(self, position: Position, tx: Transaction) -> None:
+        self.seq += 1
+        self.slot = 1 - self.slot
+        path = self.paths[self.slot]
+        new = not path.exists()
+        body = b"".join(_PAGENO.pack(p.number) + p.data for p in tx.pages)
+        page_size = len(tx.pages[0].data) if tx.pages else 0
+        head = STATE_HEADER.pack(STATE_MAGIC, self.seq, position.generation, position.frame, tx.db_size,
+                                 len(tx.pages), page_size)
+        with open(path, "wb") as f:
+            f.write(head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body)
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+        if new and self.durable:  # a new file's name must reach the disk too (once)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def reset(self) -> None:
+        for p in self.paths:
+            p.unlink(missing_ok=True)
+        self.seq, self.slot = 0, 1
 
 
-def encode_state(position: Position) -> bytes:
-    """A state record with a position and nothing to redo."""
-    return STATE_HEADER.pack(STATE_MAGIC, position.generation, position.frame, 0, 0, 0, zlib.crc32(b""))
-
-
-def _decode_state(raw: bytes) -> tuple[Position, Transaction] | None:
-    if len(raw) < STATE_HEADER.size:
+def _decode_state(raw: bytes) -> tuple[int, Position, Transaction] | None:
+    if len(raw) < STATE_HEADER.size + _CRC.size:
         return None
-    magic, generation, frame, db_size, count, page_size, crc = STATE_HEADER.unpack_from(raw)
-    body = raw[STATE_HEADER.size :]
-    if magic != STATE_MAGIC or zlib.crc32(body) != crc or len(body) != count * (4 + page_size):
+    magic, seq, generation, frame, db_size, count, page_size = STATE_HEADER.unpack_from(raw)
+    (crc,) = _CRC.unpack_from(raw, STATE_HEADER.size)
+    body = raw[STATE_HEADER.size + _CRC.size :]
+    if magic != STATE_MAGIC or zlib.crc32(body, zlib.crc32(raw[: STATE_HEADER.size])) != crc \
+            or len(body) != count * (4 + page_size):
         return None
-    pages = []
     step = 4 + page_size
-    for at in range(0, len(body), step):
-        pages.append(Page(_PAGENO.unpack_from(body, at)[0], body[at + 4 : at + step]))
-    return Position(generation, frame), Transaction(tuple(pages), db_size, 0)
+    pages = [Page(_PAGENO.unpack_from(body, at)[0], body[at + 4 : at + step]) for at in range(0, len(body), step)]
+    return seq, Position(generation, frame), Transaction(tuple(pages), db_size, 0)

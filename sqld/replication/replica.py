@@ -30,7 +30,7 @@ from sqld.errors import SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.replication import protocol as p
-from sqld.replication.apply import Position, Replica, encode_state, merge, write_state
+from sqld.replication.apply import Position, Replica, StateFile, merge
 from sqld.replication.wal import Transaction
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class ReplicaNode:
         """A local copy to serve: the saved one, or a snapshot (waiting for the primary)."""
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         if self.db_file.exists():
-            if not self.state_file.exists():
+            if not StateFile(self.state_file, self.durable).exists():
                 raise SqldError(f"{self.db_file} exists and is not a replica's copy (there is no "
                                 f"{self.state_file.name} beside it): move it away, or give the replica "
                                 "another --db-path")
@@ -120,8 +120,8 @@ class ReplicaNode:
                 return
             replica.close()
             log.warning("replica: %s has no valid position: bootstrapping again", self.state_file)
-            for stale in (self.db_file, self.state_file):
-                stale.unlink(missing_ok=True)
+            self.db_file.unlink(missing_ok=True)
+            StateFile(self.state_file, self.durable).reset()
         delay = self.poll_interval
         while True:
             try:
@@ -281,7 +281,9 @@ class ReplicaNode:
         if self.replica is None:
             # The position first, then the file: a crash between leaves a position without
             # a copy, which the next start bootstraps again (never a copy without a position).
-            write_state(self.state_file, encode_state(position), self.durable)
+            state = StateFile(self.state_file, self.durable)
+            state.reset()
+            state.save(position, Transaction((), 0, 0))
             os.replace(tmp, self.db_file)
             self.replica = await anyio.to_thread.run_sync(self._open)
             self.applied = frame

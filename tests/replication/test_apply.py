@@ -106,3 +106,22 @@ def test_a_failed_write_keeps_readers_out_instead_of_showing_half_a_transaction(
     assert again.position == Position(GEN, 1)
     assert content_hash(again.conn) == content_hash(primary)
     again.close()
+
+
+def test_a_torn_state_record_falls_back_to_the_other_slot(tmp_path):
+    from sqld.replication.apply import StateFile
+    from sqld.replication.wal import Page, Transaction
+
+    state = StateFile(tmp_path / "s", durable=True)
+    page = bytes(range(256)) * 16
+    state.save(Position(GEN, 10), Transaction((Page(2, page),), 2, 0))
+    state.save(Position(GEN, 11), Transaction((Page(3, page),), 3, 0))
+    again = StateFile(tmp_path / "s", durable=True)
+    assert again.load()[0] == Position(GEN, 11)
+    newest = again.paths[again.slot]
+    newest.write_bytes(newest.read_bytes()[:-100])  # a crash in the middle of writing it
+    torn = StateFile(tmp_path / "s", durable=True)
+    position, tx = torn.load()
+    assert position == Position(GEN, 10) and [p.number for p in tx.pages] == [2]
+    torn.save(Position(GEN, 12), Transaction((), 3, 0))  # the next record overwrites the torn slot
+    assert StateFile(tmp_path / "s", durable=True).load()[0] == Position(GEN, 12)
