@@ -33,6 +33,9 @@ METHODS = ("scram-sha-256", "md5", "password")
 _SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)")
 ITERATIONS = 4096
+_DERIVED: dict[str, tuple] = {}  # password → SCRAM keys, derived once per process
+_SERVER_SECRET = os.urandom(32)  # for the made-up salts of unknown users
+_FAKE = _SCRAM.make_auth_info(os.urandom(16).hex(), iteration_count=ITERATIONS)
 
 
 class AuthFailed(SqldError):
@@ -52,13 +55,19 @@ class User:
     read_only: bool = False
 
     @property
-    def scram(self) -> tuple[bytes, bytes, bytes, int]:
-        """(salt, stored key, server key, iterations), from the verifier or the password."""
+    def scram(self) -> tuple[bytes, bytes, bytes, int] | None:
+        """(salt, stored key, server key, iterations), from the verifier or the password (made
+        once: PBKDF2 is slow on purpose); None for an md5 hash, which cannot answer SCRAM."""
         m = _VERIFIER.fullmatch(self.secret)
         if m:
             it, salt, stored, server = m.groups()
             return base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server), int(it)
-        return _SCRAM.make_auth_info(self.secret, iteration_count=ITERATIONS)
+        if _is_md5(self.secret):
+            return None
+        info = _DERIVED.get(self.secret)
+        if info is None:
+            info = _DERIVED[self.secret] = _SCRAM.make_auth_info(self.secret, iteration_count=ITERATIONS)
+        return info
 
     @property
     def password(self) -> str | None:
@@ -98,8 +107,8 @@ class Users:
             users._load_file(Path(file))
         for item in ([p for p in (env or "").split(",") if p.strip()] + list(flags)):
             name, sep, password = item.strip().partition(":")
-            if not sep or not name:
-                raise SqldError(f"a user is NAME:PASSWORD, not {item.strip()[:40]!r}")
+            if not sep or not name or not password:
+                raise SqldError(f"a user is NAME:PASSWORD with a password, not {item.strip()[:40]!r}")
             users.add(User(name, password))
         return users
 
@@ -143,13 +152,17 @@ class ScramExchange:
     refuses the empty user name libpq sends in the SCRAM message (PostgreSQL takes the user
     from the startup packet); verifiers still come from scramp."""
 
-    def __init__(self, user: User | None) -> None:
-        self.user = user
-        if user is not None:
-            self.salt, self.stored_key, self.server_key, self.iterations = user.scram
-        else:  # an unknown user goes through the same steps with a made-up secret
-            self.salt, self.stored_key, self.server_key, self.iterations = _SCRAM.make_auth_info(
-                os.urandom(16).hex(), iteration_count=ITERATIONS)
+    def __init__(self, user: User | None, name: str = "") -> None:
+        info = user.scram if user is not None else None
+        self.user = user if info is not None else None
+        if info is not None:
+            self.salt, self.stored_key, self.server_key, self.iterations = info
+        else:
+            # An unknown user (or one SCRAM cannot check) goes through the same steps with a
+            # made-up secret, and the same salt every time (derived from the name, as
+            # PostgreSQL does): nothing tells it from a real user.
+            _, self.stored_key, self.server_key, self.iterations = _FAKE
+            self.salt = hmac.new(_SERVER_SECRET, (user.name if user else name).encode(), hashlib.sha256).digest()[:16]
         self.nonce = ""
         self.client_first_bare = ""
         self.server_first = ""

@@ -23,13 +23,25 @@ _SETTING_PRAGMAS = frozenset((
     "temp_store_directory", "data_store_directory", "journal_size_limit", "query_only", "trusted_schema",
     "hard_heap_limit", "soft_heap_limit", "threads",
 ))
+# Connection settings: connections are shared by sessions, so a session's setting would
+# reach others (a CHECK bypass, a page limit for everyone…). The server's flags set them.
+_CONNECTION_PRAGMAS = frozenset((
+    "foreign_keys", "ignore_check_constraints", "max_page_count", "cache_size", "cache_spill",
+    "recursive_triggers", "busy_timeout", "case_sensitive_like", "reverse_unordered_selects",
+    "automatic_index", "temp_store", "legacy_alter_table", "analysis_limit", "count_changes",
+    "full_column_names", "short_column_names", "empty_result_callbacks", "secure_delete", "auto_vacuum",
+    "page_size", "encoding", "cell_size_check", "checkpoint_fullfsync",
+    "fullfsync", "read_uncommitted",
+))
 # Refused even without a value: running them acts.
 _ACTING_PRAGMAS = frozenset(("wal_checkpoint",))
+# Temporary objects live on a connection that other sessions use next.
+_TEMP_OPS = frozenset((apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX, apsw.SQLITE_CREATE_TEMP_TRIGGER,
+                       apsw.SQLITE_CREATE_TEMP_VIEW))
 # What a backend needs kept, even with --allow-unsafe-sql: the WAL hook and WAL mode that the
 # replication log relies on; the journal mode and syncs at which mvsqlite's VFS commits.
 REPLICATION_LOG = frozenset(("journal_mode", "wal_autocheckpoint"))
 MVSQLITE = frozenset(("journal_mode", "synchronous", "locking_mode"))
-_MEMORY = ("", ":memory:")
 
 
 def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
@@ -43,13 +55,20 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
             name = (p1 or "").lower()
             if p2 is not None and name in guarded:
                 return deny
-            if not unsafe_allowed and ((p2 is not None and name in _SETTING_PRAGMAS) or name in _ACTING_PRAGMAS):
+            if not unsafe_allowed and ((p2 is not None and (name in _SETTING_PRAGMAS or name in _CONNECTION_PRAGMAS))
+                                       or name in _ACTING_PRAGMAS):
                 return deny
             return ok
         if unsafe_allowed:
             return ok
-        if op == ATTACH and (p1 or "") not in _MEMORY:
-            return deny  # files, and VACUUM INTO a file
+        if op == ATTACH:
+            # A file (or a name SQLite only knows at run time: an expression or a parameter
+            # reaches the authorizer as NULL), and VACUUM INTO a file; ':memory:' too, as it
+            # would stay attached to a connection other sessions use. The empty name is
+            # plain VACUUM's own scratch database (indistinguishable from ATTACH '').
+            return ok if p1 == "" else deny
+        if op in _TEMP_OPS:
+            return deny
         if op == FUNCTION and (p2 or "").lower() == "load_extension":
             return deny
         return ok

@@ -20,10 +20,12 @@ class AuthError(Exception):
 
 
 class ClientAuth:
-    def __init__(self, user: str, password: str | None) -> None:
+    def __init__(self, user: str, password: str | None, tls: bool = False) -> None:
         self.user = user
         self.password = password
+        self.tls = tls  # the connection is encrypted: a password may be sent as such
         self._scram: scramp.ScramClient | None = None
+        self._scram_done = False
 
     def _need_password(self) -> str:
         if self.password is None:
@@ -34,7 +36,15 @@ class ClientAuth:
         """The encoded message to send for an Authentication request (None: nothing)."""
         code = msg.code
         if code == m.AUTH_OK:
+            if self._scram is not None and not self._scram_done:
+                # A server that skips SCRAM's final proof has not shown it knows the secret.
+                raise AuthError("the server ended SCRAM authentication without proving itself")
             return None
+        if code in (3, 5) and not self.tls:
+            # Cleartext or md5 on a plain connection gives the password (or what stands for
+            # it) to whoever is in between: only over TLS.
+            raise AuthError(f"the server asks for the password {'in cleartext' if code == 3 else 'as md5'} on a "
+                            "connection without TLS: refused (use TLS, or SCRAM on the server)")
         if code == 3:  # cleartext
             return m.PasswordMessage(self._need_password().encode() + b"\x00").encode()
         if code == 5:  # md5
@@ -56,6 +66,7 @@ class ClientAuth:
                 self._scram.set_server_final(msg.data.decode())  # the server proves it knew the secret
             except scramp.ScramException as exc:
                 raise AuthError(f"the server failed SCRAM's final check: {exc}") from None
+            self._scram_done = True
             return None
         raise AuthError(f"the server asks for an authentication method ({code}) this client lacks")
 

@@ -99,7 +99,7 @@ class WireConnection:
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
         startup.update(options or {})
         self._send(m.StartupMessage(startup).encode())
-        auth = ClientAuth(user, password)
+        auth = ClientAuth(user, password, tls=isinstance(self.sock, ssl.SSLSocket))
         while True:
             msg = self._recv()
             if isinstance(msg, m.Authentication):

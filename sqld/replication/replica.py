@@ -207,7 +207,7 @@ class ReplicaNode:
                   "application_name": "sqld-replica"}
         await stream.send(m.StartupMessage(params).encode())
         decoder = Decoder(m.BACKEND)
-        auth = ClientAuth(self.user, self.password)
+        auth = ClientAuth(self.user, self.password, tls=isinstance(stream, TLSStream))
         while True:
             msg = await self._next(stream, decoder)
             if isinstance(msg, m.ErrorResponse):

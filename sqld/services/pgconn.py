@@ -138,6 +138,7 @@ class PgConnectionFactory:
         self.tls_required = tls_required
         self.startup_timeout = startup_timeout
         self.max_sql_length = max_sql_length
+        self.starting = 0  # connections accepted and not yet started up
         # async (database name) -> Scheduler, for replication connections; None: refused
         self.replication = replication
         self.registry = Registry()
@@ -233,8 +234,19 @@ class PgConnection:
             try:
                 # A client gets this long to start up and authenticate (PostgreSQL's
                 # authentication_timeout): a silent or half-sent startup holds no socket forever.
-                with anyio.move_on_after(self.factory.startup_timeout) as scope:
-                    started = await self.startup()
+                factory = self.factory
+                if factory.starting >= factory.max_connections:
+                    # Connections still starting up (not yet counted, not authenticated) are
+                    # capped too: idle sockets cannot pile up until no real client gets in.
+                    raise TooManyConnections("sorry, too many clients are connecting at once",
+                                             detail=f"At most {factory.max_connections} connections may be "
+                                             "starting up at a time.")
+                factory.starting += 1
+                try:
+                    with anyio.move_on_after(factory.startup_timeout) as scope:
+                        started = await self.startup()
+                finally:
+                    factory.starting -= 1
                 if scope.cancelled_caught:
                     log.info("closing a connection from %s that did not start up within %g s", self.peer(),
                              self.factory.startup_timeout)
@@ -375,7 +387,7 @@ class PgConnection:
         user = auth.users.get(name)
         try:
             if auth.method == "scram-sha-256":
-                exchange = ScramExchange(user)
+                exchange = ScramExchange(user, name)
                 self.write(m.Authentication(10, exchange.mechanisms()).encode())
                 server_first = exchange.first((await self._password()).data)
                 self.write(m.Authentication(11, server_first).encode())
@@ -387,6 +399,9 @@ class PgConnection:
                 if not md5_check(user, salt, (await self._password()).data):
                     raise AuthFailed("password authentication failed")
             else:
+                if not self.tls:
+                    raise NotAllowed("cleartext passwords are accepted over TLS only",
+                                     hint="Connect with sslmode=require (the server needs --tls-cert/--tls-key).")
                 self.write(m.Authentication(3).encode())
                 if not password_check(user, (await self._password()).data):
                     raise AuthFailed("password authentication failed")

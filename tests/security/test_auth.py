@@ -3,6 +3,7 @@ trust rule, TLS (sslmode require / verify-full, TLS required), and replicas that
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -88,13 +89,50 @@ def test_read_only_users_read_and_never_write(secured):
         c.execute("rollback")
 
 
-@pytest.mark.parametrize("method", ["md5", "password"])
-def test_md5_and_cleartext_when_configured(start_sqld, tmp_path, method):
-    server = start_sqld("--user", "alice:s3cret", "--auth-method", method, db_path=tmp_path / "db")
+def test_md5_when_configured(start_sqld, tmp_path):
+    server = start_sqld("--user", "alice:s3cret", "--auth-method", "md5", db_path=tmp_path / "db")
     with psycopg.connect(dsn(server, user="alice", password="s3cret")) as c:
         assert c.execute("select 1").fetchone() == (1,)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn(server, user="alice", password="bad"))
+    # sqld's own client does not send an md5 hash over a connection without TLS
+    with pytest.raises(WireError, match="without TLS"):
+        WireConnection(server.host, server.port, user="alice", password="s3cret", database="main", sslmode="disable")
+
+
+def test_cleartext_only_over_tls(tls_server):
+    server, _ = tls_server("--user", "alice:s3cret", "--auth-method", "password")
+    with psycopg.connect(dsn(server, user="alice", password="s3cret", sslmode="require")) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="over TLS only"):
+        psycopg.connect(dsn(server, user="alice", password="s3cret", sslmode="disable"))
+
+
+def test_unknown_users_look_like_known_ones(secured):
+    """The same salt for an unknown name every time, as for a real user: no user list leaks."""
+    import scramp
+    import struct as _struct
+
+    from sqld.pgwire import messages as m
+
+    def salt_for(user: str) -> str:
+        with socket.create_connection((secured.host, secured.port), timeout=10) as sock:
+            sock.sendall(m.StartupMessage({"user": user, "database": "main"}).encode())
+            sock.recv(4096)  # AuthenticationSASL
+            client = scramp.ScramClient(["SCRAM-SHA-256"], user, "x")
+            first = client.get_client_first().encode()
+            sock.sendall(m.PasswordMessage(b"SCRAM-SHA-256\x00" + _struct.pack("!i", len(first)) + first).encode())
+            data = sock.recv(4096)
+            return dict(kv.split("=", 1) for kv in data[9:].decode().split(","))["s"]
+
+    assert salt_for("nobody") == salt_for("nobody")
+    assert salt_for("carol") == salt_for("carol")
+
+
+def test_empty_passwords_are_refused_at_start(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sqld", "--db-path", str(tmp_path / "x"), "--listen-addr",
+                          "127.0.0.1:0", "--user", "eve:"], capture_output=True, text=True, timeout=20)
+    assert res.returncode != 0 and "with a password" in res.stderr
 
 
 def test_no_users_means_loopback_only(tmp_path):
