@@ -52,7 +52,7 @@ class StreamProtocol(asyncio.Protocol):
     def eof_received(self):
         self.eof = True
         self._wake_reader()
-        return False
+        return True  # a half-close: the client may still read the answers to what it sent
 
     def connection_lost(self, exc) -> None:
         self.eof = True

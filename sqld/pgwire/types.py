@@ -366,17 +366,21 @@ def _numeric_from_binary(i: int, raw: bytes):
     if sign == 0xC000:
         return math.nan
     digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
-    value = 0
-    for d in digits:
-        value = value * 10000 + d
-    exp4 = weight - ndigits + 1  # power of 10000 of the last digit
-    if sign == 0x4000:
-        value = -value
-    from decimal import Decimal
-
     if any(not 0 <= d < 10000 for d in digits):
         raise _bad_param(i, NUMERIC, raw, "binary digits must be 0 to 9999")
-    if exp4 >= 0 and abs(weight) < 100:  # small enough to compute exactly as an int
+    from decimal import Decimal
+
+    # One decimal string, linear in the digits (a digit-by-digit int is quadratic: a legal
+    # 32767-digit value would hold the event loop for half a second).
+    text = "".join(f"{d:04d}" for d in digits) or "0"
+    exp4 = weight - ndigits + 1  # power of 10000 of the last digit
+    if ndigits <= 20:
+        value = int(text)
+    else:
+        value = Decimal(text)
+    if sign == 0x4000:
+        value = -value
+    if exp4 >= 0 and isinstance(value, int) and weight < 20:  # small enough to compute exactly as an int
         whole = value * 10000**exp4
         if -(2**63) <= whole < 2**63:
             return whole

@@ -8,6 +8,7 @@ formats (https://www.postgresql.org/docs/15/sql-copy.html).
 from __future__ import annotations
 
 import csv
+import sys
 import io
 import re
 
@@ -16,6 +17,8 @@ import attrs
 from sqld.errors import FeatureNotSupported, SqldError
 from sqld.pgwire import types as t
 from sqld.sqltext import unescape_e
+
+csv.field_size_limit(min(sys.maxsize, 1 << 31))  # fields are bounded by the message size limit
 
 _COPY = re.compile(
     r"""^\s*COPY\s+
@@ -85,6 +88,11 @@ def parse(sql: str) -> CopySpec:
         else:
             raise FeatureNotSupported(f"COPY option {words[i]} is not supported")
     cols = tuple(c.strip().strip('"') for c in (m.group("cols") or "").split(",") if c.strip())
+    for name, value in (("delimiter", delimiter), ("quote", quote)):
+        if value is not None and len(value.encode("utf-8")) != 1:
+            raise SqldError(f"COPY {name} must be a single one-byte character", sqlstate="22023")
+    if delimiter is not None and delimiter == quote and is_csv:
+        raise SqldError("COPY delimiter and quote must be different", sqlstate="22023")
     return CopySpec(
         table=m.group("table"), columns=cols, query=m.group("query"), direction=direction, csv=is_csv,
         header=header, delimiter=delimiter or ("," if is_csv else "\t"),
@@ -195,7 +203,11 @@ class RowReader:
         else:
             self.buffer = ""
         rows = []
-        for rec in csv.reader(io.StringIO(text), delimiter=self.spec.delimiter, quotechar=self.spec.quote):
+        try:
+            records = list(csv.reader(io.StringIO(text), delimiter=self.spec.delimiter, quotechar=self.spec.quote))
+        except csv.Error as exc:
+            raise SqldError(f"invalid CSV data for COPY: {exc}", sqlstate="22P04") from None
+        for rec in records:
             if rec == ["\\."]:
                 self.done = True
                 break

@@ -222,6 +222,8 @@ class PgConnection:
                     raise SqldError("terminating connection due to idle-in-transaction timeout",
                                     sqlstate="25P03", severity="FATAL")
             else:
+                if self.out:  # never wait for the client while holding answers back from it
+                    await self.flush()
                 data = await self.stream.receive(65536)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             raise _Gone() from None
@@ -438,6 +440,7 @@ class PgConnection:
             mt = type(msg)
             if self.skip_to_sync and mt is not m.Sync:
                 if mt is m.Terminate:
+                    await self.flush()
                     return
                 if mt is m.Flush:
                     await self.sync_point()
@@ -447,6 +450,7 @@ class PgConnection:
                 if handler is not None:
                     await handler(msg)
                 elif mt is m.Terminate:
+                    await self.flush()  # the answers to what was pipelined before it
                     return
                 elif mt in (m.CopyData, m.CopyDone, m.CopyFail):
                     pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
