@@ -470,7 +470,9 @@ def run_sequence(server: SqldProcess, ops: list[tuple[str, bytes]], ending: str)
     watch = LogWatch(server)
     token = f"fuzz-end-{next(_tokens)}"
     body = b"".join(data for _, data in ops)
-    marker = m.SYNC.encode() + m.Query(f"select '{token}'").encode()
+    # The marker answers in any session state: ROLLBACK first leaves a failed transaction.
+    marker_sql = f"rollback; select '{token}'"
+    marker = m.SYNC.encode() + m.Query(marker_sql).encode()
     framing = Framing(body + marker if ending == "marker" else body)
     if ending in ("marker", "bare") and framing.status == "incomplete":
         ending = "halfclose"  # the server rightly waits for the rest of the last message
@@ -505,7 +507,7 @@ def run_sequence(server: SqldProcess, ops: list[tuple[str, bytes]], ending: str)
         # How to wait: for the marker's answer only if the marker frames as sent (a lying
         # length before it may swallow its Sync, and the server then rightly skips its Query);
         # else for the ReadyForQuery owed, as with no marker at all.
-        marker_msgs = [m.SYNC, m.Query(f"select '{token}'")]
+        marker_msgs = [m.SYNC, m.Query(marker_sql)]
         mode = ending
         if ending == "marker" and (must_close or framing.messages[-2:] != marker_msgs):
             mode = "bare"
