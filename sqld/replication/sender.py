@@ -21,7 +21,6 @@ import apsw
 from sqld.errors import ProtocolViolation, SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
-from sqld.pgwire.codec import NEED_DATA
 from sqld.replication import protocol as p
 from sqld.replication.log import LogError, SnapshotNeeded
 
@@ -53,10 +52,7 @@ async def serve(conn, scheduler) -> None:
     replica goes away."""
     capture = _capture(scheduler)
     while True:
-        msg = conn.decoder.next_message()
-        if msg is NEED_DATA:
-            await conn.receive()
-            continue
+        msg = await conn.next_message()
         if isinstance(msg, m.Terminate):
             return
         if not isinstance(msg, m.Query):

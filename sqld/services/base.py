@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 import attrs
 
 from sqld.backends.base import Column, StatementInfo
-from sqld.errors import LockNotAvailable, QueryCanceled
+from sqld.errors import LockNotAvailable, QueryCanceled, SqldError
 from sqld.sqltext import Statement
 
 Req = TypeVar("Req", contravariant=True)
@@ -64,6 +64,12 @@ class SessionState:
 
     def cancelled(self) -> bool:
         return self.cancel_requested
+
+    def may_write(self) -> None:
+        """Raise 42501 for a read-only user (the one check, on a primary and on a replica)."""
+        if self.read_only_user:
+            raise SqldError(f'permission denied: user "{self.user}" may only read', sqlstate="42501",
+                            hint="The users file marks this user readonly.")
 
     def wait_limit(self):
         """How long a statement may wait for the writer, and the error when it waited too long."""

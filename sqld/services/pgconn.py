@@ -413,16 +413,20 @@ class PgConnection:
             raise AuthFailed(f'password authentication failed for user "{name[:64]}"') from None
         return user
 
-    async def _password(self) -> m.PasswordMessage:
-        await self.flush()
+    async def next_message(self):
+        """The client's next whole message, reading as much as that takes."""
         while True:
             msg = self.decoder.next_message()
-            if msg is NEED_DATA:
-                await self.receive()
-                continue
-            if isinstance(msg, m.PasswordMessage):
+            if msg is not NEED_DATA:
                 return msg
-            raise ProtocolViolation(f"expected a password message, got {type(msg).__name__}")
+            await self.receive()
+
+    async def _password(self) -> m.PasswordMessage:
+        await self.flush()
+        msg = await self.next_message()
+        if isinstance(msg, m.PasswordMessage):
+            return msg
+        raise ProtocolViolation(f"expected a password message, got {type(msg).__name__}")
 
     # -- the message loop -------------------------------------------------------------------
 

@@ -271,9 +271,7 @@ class ReplicaService:
         return cur
 
     async def _remote(self) -> WireConnection:
-        if self.state.read_only_user:
-            raise SqldError(f'permission denied: user "{self.state.user}" may only read', sqlstate="42501",
-                            hint="The users file marks this user readonly.")
+        self.state.may_write()
         if self.remote is not None and not self.remote.closed:
             if self.remote_tx or _alive(self.remote):
                 return self.remote

@@ -339,13 +339,8 @@ class SchedulerService:
                 raise QueryCanceled.because(exc.reason) from None
         return await self._in_thread(conn, conn.start, sql, params, first)
 
-    def _may_write(self) -> None:
-        if self.state.read_only_user:
-            raise SqldError(f'permission denied: user "{self.state.user}" may only read', sqlstate="42501",
-                            hint="The users file marks this user readonly.")
-
     async def _lock_writer(self) -> None:
-        self._may_write()
+        self.state.may_write()
         if self.s.read_only:
             raise NeedsWriter()
         lock = self.s.writer_lock
@@ -508,7 +503,7 @@ class SchedulerService:
                 raise
             else:
                 return ResultCursor(self, conn, columns, rows, handle, verb, release)
-        self._may_write()
+        self.state.may_write()
         if self.s.read_only:
             raise NeedsWriter()
         if groupable(stmt) and self.s.group.running:
