@@ -42,6 +42,18 @@ def _not_utf8(exc: UnicodeDecodeError, names=()) -> SqldError:
                      hint="Read the value as a BLOB (CAST(x AS BLOB)).")
 
 
+def _raised_in_python(exc: Exception) -> SqldError:
+    """What a statement's client is told when Python code it ran raised: a SQL function of
+    sqld's (apsw hands the function's own exception back, not a SQLite error), or apsw
+    itself. A SqldError is the function's answer; anything else is a bug in sqld."""
+    if isinstance(exc, SqldError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return SqldError("out of memory", sqlstate="53200")
+    log.error("a SQL function raised %s", type(exc).__name__, exc_info=exc)
+    return SqldError(f"internal error: {type(exc).__name__}: {exc}", sqlstate="XX000")
+
+
 class LibsqlConnection:
     """One apsw connection with its one open cursor and its stop conditions."""
 
@@ -163,6 +175,9 @@ class LibsqlConnection:
         except UnicodeDecodeError as exc:
             self._close_cursor(cur)
             raise _not_utf8(exc, [d[0] for d in (self._description or ())]) from None
+        except Exception as exc:
+            self._close_cursor(cur)
+            raise _raised_in_python(exc) from None
         if len(rows) < first:
             self._close_cursor(cur)
             return columns, rows, None
@@ -181,6 +196,9 @@ class LibsqlConnection:
             names = [d[0] for d in handle.get_description()] if handle in self._open else []
             self.finish(handle)
             raise _not_utf8(exc, names) from None
+        except Exception as exc:
+            self.finish(handle)
+            raise _raised_in_python(exc) from None
         if len(rows) < n:
             self.finish(handle)
             return rows, True
@@ -214,6 +232,8 @@ class LibsqlConnection:
                 pass
         except apsw.Error as exc:
             self._raise(exc)
+        except (UnicodeDecodeError, Exception) as exc:
+            raise (_not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else _raised_in_python(exc)) from None
 
     def changes(self) -> int:
         return self.apsw.changes()

@@ -87,13 +87,17 @@ class Capture:
                 conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
             if self.log.size > self.max_log_bytes:
                 self.compact()
-        except (OSError, WalError, ValueError) as exc:
+        except Exception as exc:
             # The commit stands; the log cannot follow it any more. Streams end (senders see
             # ``broken``), and the log is moved aside at once, so that even a clean restart
             # starts a new generation: replicas bootstrap again, never continue a history
-            # with a hole in it.
+            # with a hole in it. Whatever the failure, the hook answers OK: an error from it
+            # makes SQLite report a COMMIT that happened as failed, and the group commit
+            # would then run its statements a second time.
             if not self.broken:
-                log.error("replication log %s cannot follow the database: %s", self.log_path, exc)
+                expected = isinstance(exc, (OSError, WalError, ValueError))
+                log.error("replication log %s cannot follow the database: %s", self.log_path, exc,
+                          exc_info=None if expected else exc)
                 self.broken = True
                 try:
                     os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".broken"))

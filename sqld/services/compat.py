@@ -11,7 +11,7 @@ import re
 
 from sqld import __version__
 from sqld.backends.base import Column, StatementInfo
-from sqld.errors import FeatureNotSupported, InvalidParameterValue, SqldError
+from sqld.errors import FeatureNotSupported, InvalidParameterValue, SqldError, UndefinedObject
 from sqld.pgwire import types as t
 from sqld.services import catalog
 from sqld.services.base import Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
@@ -247,6 +247,8 @@ def sql_functions():
         return f"PostgreSQL {SERVER_VERSION} on sqld, SQLite backend"
 
     def current_setting(st, name, missing_ok=0):
+        if name is None:
+            return None  # strict in PostgreSQL: NULL in, NULL out
         key = str(name).lower()
         if st is not None and key in st.settings:
             return st.settings[key]
@@ -254,7 +256,7 @@ def sql_functions():
             return DEFAULTS[key][0]
         if missing_ok:
             return None
-        raise ValueError(f'unrecognized configuration parameter "{name}"')
+        raise UndefinedObject(f'unrecognized configuration parameter "{name}"')
 
     def pg_backend_pid(st):
         return st.process_id if st is not None else 0

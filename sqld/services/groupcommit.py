@@ -13,12 +13,21 @@ Two things can undo the whole group transaction before COMMIT: an interrupt (can
 statement timeout) of a writing statement, which SQLite answers by rolling the transaction
 back, and a conflict clause ``OR ROLLBACK``. The statements that had run are then run
 again in a fresh transaction; none of them was answered yet, so nothing is lost or done
-twice. A COMMIT that fails (a deferred constraint) falls back to one transaction each.
+twice. A COMMIT that fails (a deferred constraint) falls back to one transaction each, for
+every member: an error a member saw in the group may have come from a groupmate's rows,
+which that rollback took away. A COMMIT that lost a conflict to another process (mvsqlite,
+40001) runs the whole group again, a bounded number of times.
+
+The invariant: a member is answered "committed" only when the COMMIT holding it succeeded;
+whatever else happens (an exception in a SQL function, a bug here), it gets an error, and
+the loop goes on serving the others.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Any
 
 import anyio
@@ -26,7 +35,7 @@ import anyio.to_thread
 import attrs
 
 from sqld.backends.base import Column, Connection, Interrupted
-from sqld.errors import QueryCanceled, SqldError
+from sqld.errors import QueryCanceled, SerializationFailure, SqldError
 from sqld.sqltext import Statement
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,8 @@ log = logging.getLogger(__name__)
 # anything naming ROLLBACK run alone.
 GROUPABLE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE"))
 MAX_GROUP = 256
+# mvsqlite: how often a group whose COMMIT lost a conflict to another process runs again.
+CONFLICT_RETRIES = 8
 
 
 def groupable(stmt: Statement) -> bool:
@@ -57,6 +68,12 @@ class Write:
     changes: int = 0
     last_rowid: int | None = None
     error: BaseException | None = None
+    committed: bool = False  # set only once the COMMIT that holds it succeeded
+
+    def reset(self) -> None:
+        """Forget the outcome of a run that was rolled back: the statement runs again."""
+        self.columns, self.rows, self.changes, self.last_rowid = None, [], 0, None
+        self.error, self.committed = None, False
 
 
 class CommitGroup:
@@ -112,68 +129,132 @@ class CommitGroup:
                         # hears how its statement ended.
                         with anyio.CancelScope(shield=True):
                             await anyio.to_thread.run_sync(self._run_group, batch, limiter=self.limiter)
+                    except Exception:
+                        # A bug in sqld, not in a statement (those are each member's error):
+                        # the group was rolled back; its members hear so, the loop goes on.
+                        log.exception("group commit of %d statements failed", len(batch))
                     finally:
                         for w in batch:
+                            if w.error is None and not w.committed:
+                                # Only a COMMIT that succeeded makes an acknowledgement.
+                                w.error = SqldError("internal error: the statement was not committed",
+                                                    sqlstate="XX000", hint="The server's log has the reason.")
                             w.done.set()
                 self.groups += 1
                 self.statements += len(batch)
                 self.on_commit()
+        except Exception:
+            log.critical("the group-commit loop stopped; autocommit writes now commit one by one", exc_info=True)
         finally:
             self.running = False
             for w in self.queue:
                 w.error = SqldError("the server is shutting down", sqlstate="57P01")
                 w.done.set()
+            self.queue = []
 
     # -- on the worker thread -------------------------------------------------------------------
 
     def _run_group(self, batch: list[Write]) -> None:
         conn = self.writer
         pending = batch
-        while pending:
-            pending = self._attempt(conn, pending)
+        conflicts = 0
+        try:
+            while pending:
+                pending, conflicted = self._attempt(conn, pending)
+                if conflicted:
+                    # mvsqlite: another process committed to pages the group read. Nothing of
+                    # the group was answered, so all of it can run again (bounded, with jitter).
+                    conflicts += 1
+                    if conflicts > CONFLICT_RETRIES:
+                        self._alone(conn, pending, retry_conflicts=False)
+                        return
+                    time.sleep(min(0.05, 0.001 * 2 ** conflicts) * random.random())
+        except BaseException:
+            _rollback(conn)
+            raise
 
-    def _attempt(self, conn: Connection, pending: list[Write]) -> list[Write]:
-        """Run ``pending`` in one transaction; return what must run again (empty when done)."""
+    def _alone(self, conn: Connection, members: list[Write], retry_conflicts: bool = True) -> None:
+        """Run each member in a transaction of its own: after a group failed at COMMIT, the
+        errors members saw may have come from a groupmate's rows, now rolled back."""
+        for w in members:
+            w.reset()
+            pending, tries = [w], 0
+            while pending:
+                pending, conflicted = self._attempt(conn, pending)
+                tries += 1
+                if conflicted and (not retry_conflicts or tries > CONFLICT_RETRIES):
+                    break  # its error is the conflict (40001)
+                if conflicted:
+                    time.sleep(min(0.05, 0.001 * 2 ** tries) * random.random())
+
+    def _attempt(self, conn: Connection, pending: list[Write]) -> tuple[list[Write], bool]:
+        """Run ``pending`` in one transaction. Returns what must run again (empty when done)
+        and whether COMMIT lost a conflict (then everything in ``pending`` runs again)."""
         conn.guard(budget=None, deadline=None, cancelled=None, context=None)
         try:
             conn.run("begin")
         except SqldError as exc:
             for w in pending:
                 w.error = exc
-            return []
+            return [], False
         ran: list[Write] = []
         for k, w in enumerate(pending):
+            w.reset()
             conn.guard(budget=None, deadline=w.deadline, cancelled=w.cancelled, context=w.context)
             try:
                 conn.run("savepoint sqld_group")
                 columns, rows, handle = conn.start(w.statement.sql, w.params, 1 << 62)
-                w.columns, w.rows, w.error = columns, rows, None
+                w.columns, w.rows = columns, rows
                 w.changes = conn.changes()
                 w.last_rowid = conn.last_insert_rowid()
                 conn.guard(budget=None, deadline=None, cancelled=None, context=None)
                 conn.run("release sqld_group")
                 ran.append(w)
-            except (SqldError, Interrupted) as exc:
+            except Exception as exc:
                 conn.guard(budget=None, deadline=None, cancelled=None, context=None)
-                w.error = QueryCanceled.because(exc.reason) if isinstance(exc, Interrupted) else exc
+                w.error = _statement_error(exc)
                 if conn.in_transaction():
                     conn.run("rollback to sqld_group")
                     conn.run("release sqld_group")
                     continue
                 # The statement took the group's transaction with it: run the others again.
-                return ran + pending[k + 1 :]
+                return ran + pending[k + 1 :], False
         conn.guard(budget=None, deadline=None, cancelled=None, context=None)
         try:
             conn.run("commit")
         except SqldError as exc:
-            if conn.in_transaction():
-                conn.run("rollback")
-            if len(ran) == 1:
-                ran[0].error = exc
-                return []
-            log.info("group commit of %d statements failed (%s): committing them one by one",
-                     len(ran), exc.message)
+            _rollback(conn)
             for w in ran:
-                while self._attempt(conn, [w]):
-                    pass
-        return []
+                w.reset()
+            if isinstance(exc, SerializationFailure):
+                for w in pending:
+                    w.error = exc  # kept only if no retry is left
+                return pending, True
+            if len(pending) == 1:
+                pending[0].error = exc
+                return [], False
+            log.info("group commit of %d statements failed (%s): running them one by one",
+                     len(pending), exc.message)
+            self._alone(conn, pending)
+            return [], False
+        for w in ran:
+            w.committed = True
+        return [], False
+
+
+def _statement_error(exc: Exception) -> SqldError:
+    """What the session of a statement that failed inside the group is told."""
+    if isinstance(exc, Interrupted):
+        return QueryCanceled.because(exc.reason)
+    if isinstance(exc, SqldError):
+        return exc
+    # The backend turns what SQLite and SQL functions raise into SqldError; anything else
+    # is a bug in sqld.
+    log.error("unexpected error in a grouped statement", exc_info=exc)
+    return SqldError(f"internal error: {type(exc).__name__}: {exc}", sqlstate="XX000")
+
+
+def _rollback(conn: Connection) -> None:
+    if conn.in_transaction():
+        conn.guard(budget=None, deadline=None, cancelled=None, context=None)
+        conn.run("rollback")
