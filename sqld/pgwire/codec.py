@@ -53,6 +53,21 @@ class Decoder:
             del self._buf[: self._pos]
             self._pos = 0
 
+    def upcoming(self, wanted: bytes) -> int | None:
+        """The type byte of the first whole buffered message whose type is in ``wanted``, or
+        None when none is buffered yet. It looks without consuming (the server asks whether
+        a pipeline's Sync is already here, or another Execute comes first)."""
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        while pos + 5 <= end:
+            kind = buf[pos]
+            if kind in wanted:
+                return kind
+            (length,) = _LEN.unpack_from(buf, pos + 1)
+            if length < 4:
+                return None  # next_message will refuse it
+            pos += 1 + length
+        return None
+
     def next_startup(self):
         """The untyped first message: StartupMessage, SSLRequest, GSSENCRequest, CancelRequest."""
         if self.buffered < 8:

@@ -105,6 +105,10 @@ class Execute:
     statement: Statement
     params: tuple[Any, ...] = ()
     first: int = 100
+    # More of the same extended-query batch may follow before its Sync: outside a
+    # transaction block, the batch's writes then form one implicit transaction, committed
+    # at Sync and rolled back whole on an error (protocol 55.2.3).
+    pipelined: bool = False
 
     def __repr__(self) -> str:
         return f"Execute({self.statement.sql[:80]!r}, {len(self.params)} params)"

@@ -52,6 +52,8 @@ _NO_DATA = m.NoData().encode()
 _PORTAL_SUSPENDED = m.PortalSuspended().encode()
 _EMPTY_QUERY = m.EmptyQueryResponse().encode()
 _RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
+# What ends an extended-query batch, as Decoder.upcoming reports it: Sync, or a simple Query.
+_BATCH_ENDS = (ord("S"), ord("Q"))
 _BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROLLBACK"))
 # Statements that end or need to be outside a transaction: a Query holding one of them
 # runs its statements one by one, as PostgreSQL does for transaction control.
@@ -708,8 +710,8 @@ class PgConnection:
             fields.append(m.Field(col.name, oid, t.TYPE_SIZES.get(oid, -1), fmt))
         return m.RowDescription(tuple(fields)).encode()
 
-    async def _start(self, portal: Portal, first: int = BATCH_ROWS) -> None:
-        cur = await self.service(Execute(portal.prepared.statement, portal.params, first))
+    async def _start(self, portal: Portal, first: int = BATCH_ROWS, pipelined: bool = False) -> None:
+        cur = await self.service(Execute(portal.prepared.statement, portal.params, first, pipelined))
         portal.cursor = cur
         if getattr(cur, "notice", None):
             self.write_notice(cur.notice)
@@ -727,7 +729,7 @@ class PgConnection:
             return
         limit = msg.max_rows
         if portal.cursor is None:
-            await self._start(portal, limit + 1 if 0 < limit < BATCH_ROWS else BATCH_ROWS)
+            await self._start(portal, limit + 1 if 0 < limit < BATCH_ROWS else BATCH_ROWS, self._pipelined())
         cur = portal.cursor
         if cur.columns is not None and portal.encoders is None:
             await self._ensure_types(portal)
@@ -745,6 +747,16 @@ class PgConnection:
             portal.complete = True
             self._complete(cur)
         self._after_statement()
+
+    def _pipelined(self) -> bool:
+        """Whether more of this batch may run before its Sync: another Execute is already
+        here, or the Sync is not (a client streaming a pipeline, asyncpg's executemany).
+        Then the batch is one implicit transaction; a lone Execute with its Sync behind it
+        (pgbench, most drivers) stays an autocommit statement that can join a group commit.
+        Sessions on the sqld extension keep sqlite3's semantics: statement by statement."""
+        if self.state.ext:
+            return False
+        return self.decoder.upcoming(b"SEQ") not in _BATCH_ENDS
 
     async def _send_rows(self, portal: Portal, limit: int) -> bool:
         """Send up to ``limit`` rows (0: all); True if the portal was suspended."""
@@ -922,8 +934,16 @@ class PgConnection:
         await self._ready()
 
     async def _ready(self) -> None:
-        """End a simple query: close portals of a finished transaction, ReadyForQuery."""
-        status = await self.service(Sync())
+        """End a simple query or a batch: close portals of a finished transaction, ReadyForQuery."""
+        try:
+            status = await self.service(Sync())
+        except SqldError as err:
+            # The batch's implicit transaction failed to commit (a deferred constraint): the
+            # error, then ReadyForQuery, as PostgreSQL answers a Sync whose COMMIT failed.
+            if err.severity == "FATAL":
+                raise
+            self.write_error(err)
+            status = await self.service(Sync())
         if status == b"I" and self.portals:
             await self._close_portals()
         self._after_statement()

@@ -47,6 +47,7 @@ _WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DR
 _DECLTYPE = {t.INT8: "INTEGER", t.INT4: "INTEGER", t.INT2: "INTEGER", t.FLOAT8: "REAL", t.FLOAT4: "REAL",
              t.TEXT: "TEXT", t.BYTEA: "BLOB", t.BOOL: "BOOLEAN"}
 _ROLLBACK = parse_one("ROLLBACK")
+_COMMIT = parse_one("COMMIT")
 _PASSED = ("statement_timeout", "lock_timeout")  # session settings the primary applies to forwarded statements
 
 
@@ -73,6 +74,7 @@ class ReplicaService:
         self.remote: WireConnection | None = None
         self.remote_tx = False      # a transaction is open on the primary
         self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
+        self.remote_implicit = False  # … and it is a pipeline's implicit one, to end at Sync
         # read-your-writes: (frame, generation) of this session's last commit, None before
         self.wait_frame: tuple[int, bytes] | None = None
         self.sent: dict[str, str] = {}  # settings as the forwarded connection has them
@@ -97,10 +99,15 @@ class ReplicaService:
                 await self._catch_up()
             return await self.local(request)
         if kind is Sync:
+            if self.remote_implicit:
+                await self._end_implicit(_ROLLBACK if self.remote_failed else _COMMIT)
             if self.remote_tx:
                 return self.status
             return await self.local(request)
         if kind is Abort:
+            if self.remote_implicit:
+                await self._end_implicit(_ROLLBACK)
+                return None
             if self.remote_tx:
                 if not self.state.ext:
                     self.remote_failed = True
@@ -219,7 +226,23 @@ class ReplicaService:
                 raise InFailedTransaction()
             await self._move_to_primary(stmt)
             return await self._in_remote_tx(req)
+        if req.pipelined:
+            # A pipeline's first write: the batch's writes go to the primary as one
+            # transaction, committed at Sync (as the primary itself runs a batch).
+            await self._move_to_primary(stmt)
+            self.remote_implicit = True
+            return await self._in_remote_tx(req)
         return await self._forward(req)
+
+    async def _end_implicit(self, how) -> None:
+        self.remote_implicit = False
+        try:
+            with anyio.CancelScope(shield=how is _ROLLBACK):
+                await self._forward(Execute(how))
+        except BaseException:
+            # The primary ends a transaction whose COMMIT failed; a lost primary took it along.
+            self.remote_tx = self.remote_failed = False
+            raise
 
     async def _begin_remote(self, req: Execute):
         cur = await self._forward(req)
@@ -256,7 +279,7 @@ class ReplicaService:
             if verb in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in stmt.words:
                 if self.remote is not None:
                     await self._forward(Execute(_ROLLBACK))
-                self.remote_tx = self.remote_failed = False
+                self.remote_tx = self.remote_failed = self.remote_implicit = False
                 return StaticCursor(None, [], "ROLLBACK")
             if not (verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words):
                 raise InFailedTransaction()
@@ -268,6 +291,8 @@ class ReplicaService:
             raise
         if verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words:
             self.remote_failed = False
+        if verb in ("BEGIN", "START") or not self.remote_tx:
+            self.remote_implicit = False  # made explicit, or ended by COMMIT / ROLLBACK
         return cur
 
     async def _remote(self) -> WireConnection:

@@ -265,7 +265,8 @@ class SchedulerService:
     def __init__(self, scheduler: Scheduler, state: SessionState) -> None:
         self.s = scheduler
         self.state = state
-        self.in_tx = False        # an explicit transaction is open (status T or E)
+        self.in_tx = False        # a transaction is open (status T or E)
+        self.implicit = False     # … and it is a pipeline's implicit one, to end at Sync
         self.failed = False       # … and a statement in it failed (status E)
         self.read_only_tx = False
         self.tx_conn: Connection | None = None   # the connection the transaction runs on
@@ -293,6 +294,8 @@ class SchedulerService:
         if type(request) is Peek:
             return await self.peek(request.statement)
         if type(request) is Sync:
+            if self.implicit:
+                await self._end_implicit("rollback" if self.failed else "commit")
             if self.frame_source is not None and not self.frame_source.broken:
                 log_ = self.frame_source.log
                 frame = (log_.last_commit, log_.generation)
@@ -301,7 +304,10 @@ class SchedulerService:
                     self.state.reported["sqld.frame"] = f"{frame[0]} {frame[1].hex()}"
             return self.status
         if type(request) is Abort:
-            if self.in_tx:
+            if self.implicit:
+                # All or nothing: the batch's work so far goes; the rest is skipped to Sync.
+                await self._end_implicit("rollback")
+            elif self.in_tx:
                 self._fail()
             return None
         if type(request) is Terminate:
@@ -506,6 +512,8 @@ class SchedulerService:
         self.state.may_write()
         if self.s.read_only:
             raise NeedsWriter()
+        if req.pipelined:
+            return await self._begin_implicit(stmt, req)
         if groupable(stmt) and self.s.group.running:
             write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
             self.state.cancel_requested = False
@@ -528,6 +536,24 @@ class SchedulerService:
         if verb.startswith(DDL_VERBS):
             self.s.schema_changed()
         return ResultCursor(self, conn, columns, rows, handle, verb, release)
+
+    async def _begin_implicit(self, stmt: Statement, req: Execute):
+        """A pipeline's first write outside a transaction block: it and what follows up to
+        Sync run in one transaction on the writer (PostgreSQL's implicit transaction). It
+        starts at the first write, on the writer: reads before it ran alone, each seeing
+        the newest data (as under PostgreSQL's read committed), so they cannot go stale."""
+        self.in_tx = self.implicit = True
+        try:
+            await self._tx_writer()
+        except BaseException:
+            self.in_tx = self.implicit = False
+            raise
+        return await self._execute_in_tx(stmt, req)
+
+    async def _end_implicit(self, how: str) -> None:
+        self.implicit = False
+        if self.in_tx:
+            await self._end_tx(how)
 
     def _after_autocommit_write(self, conn: Connection) -> None:
         conn.finish()
@@ -677,6 +703,11 @@ class SchedulerService:
         verb = stmt.verb
         words = stmt.words
         if verb in ("BEGIN", "START"):
+            if self.implicit:
+                # BEGIN inside a pipeline's implicit transaction makes it an explicit one,
+                # holding what ran before it (PostgreSQL does the same).
+                self.implicit = False
+                return StaticCursor(None, [], "BEGIN")
             if self.in_tx:
                 return StaticCursor(None, [], "BEGIN", notice="there is already a transaction in progress")
             self.in_tx = True
@@ -691,6 +722,7 @@ class SchedulerService:
                     raise
             return StaticCursor(None, [], "BEGIN")
         if verb in ("COMMIT", "END"):
+            self.implicit = False  # COMMIT ends a pipeline's implicit transaction too
             if not self.in_tx:
                 return StaticCursor(None, [], "COMMIT", notice="there is no transaction in progress")
             if self.failed:
@@ -701,6 +733,7 @@ class SchedulerService:
         if verb in ("ROLLBACK", "ABORT"):
             if "TO" in words:
                 return await self._rollback_to(stmt)
+            self.implicit = False
             if not self.in_tx:
                 return StaticCursor(None, [], "ROLLBACK", notice="there is no transaction in progress")
             await self._end_tx("rollback")
