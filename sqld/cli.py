@@ -85,6 +85,12 @@ def _timeout(ctx, param, value):
               "this long (PostgreSQL's authentication_timeout).")
 @click.option("--max-sql-length", type=click.IntRange(1), default=16 * 1024 * 1024, envvar="SQLD_MAX_SQL_LENGTH",
               show_envvar=True, help="Longest statement text accepted, in characters (54000 beyond).")
+@click.option("--max-value-mb", type=click.IntRange(1, 1000), default=64, envvar="SQLD_MAX_VALUE_MB",
+              show_envvar=True, help="Largest string, BLOB or row a statement may make or store, in MiB "
+              "(54000 beyond).")
+@click.option("--max-memory-mb", type=click.IntRange(0), default=1024, envvar="SQLD_MAX_MEMORY_MB",
+              show_envvar=True, help="Memory all SQLite connections of the server may use together, in MiB "
+              "(a statement that needs more fails with 53200; 0: no limit).")
 @click.option("--allow-unsafe-sql", is_flag=True, envvar="SQLD_ALLOW_UNSAFE_SQL", show_envvar=True,
               help="Let clients ATTACH files, VACUUM INTO a path, load extensions and set pragmas that change "
               "how the server writes its files (refused with 42501 by default).")
@@ -120,7 +126,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
          tls_required, primary_user, primary_password, primary_sslmode, primary_ca, allow_unsafe_sql,
-         startup_timeout, max_sql_length):
+         startup_timeout, max_sql_length, max_value_mb, max_memory_mb):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -173,6 +179,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         tls_required=tls_required, primary_user=primary_user, primary_password=primary_password,
         primary_sslmode=primary_sslmode, primary_ca=primary_ca, unsafe_sql=allow_unsafe_sql,
         startup_timeout=startup_timeout or 60.0, max_sql_length=max_sql_length,
+        max_value_bytes=max_value_mb << 20, max_memory_bytes=max_memory_mb << 20,
     )
     if allow_trust and not account_list and not is_loopback(host):
         log.warning("no users configured and --allow-trust: anyone who reaches %s can connect", listen_addr)
@@ -198,7 +205,9 @@ async def serve(config: Config) -> None:
     from sqld.services.databases import Databases
     from sqld.services.pgconn import PgConnectionFactory
     from sqld.services.stack import SessionStackFactory
+    from sqld.backends import memory
 
+    memory.configure(max_value=config.max_value_bytes, max_memory=config.max_memory_bytes)
     if config.primary is not None:
         await serve_replica(config)
         return

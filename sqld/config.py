@@ -40,6 +40,8 @@ class Config:
     unsafe_sql: bool = False  # --allow-unsafe-sql: no SQL sandbox
     startup_timeout: float = 60.0  # seconds to start up and authenticate
     max_sql_length: int = 16 * 1024 * 1024  # characters of statement text
+    max_value_bytes: int = 64 << 20  # the largest string, BLOB or row (SQLite's SQLITE_LIMIT_LENGTH)
+    max_memory_bytes: int = 1 << 30  # SQLite's hard heap limit, process-wide (0: none)
 
 
 def parse_listen_addr(addr: str) -> tuple[str, int]:

@@ -182,6 +182,13 @@ _MESSAGE_PREFIXES = (
 )
 
 
+_HINTS = {
+    apsw.SQLITE_TOOBIG: "A value or row is larger than the server allows (--max-value-mb).",
+    apsw.SQLITE_NOMEM: "The server's SQLite memory limit (--max-memory-mb) was reached; try again, or "
+                       "make the statement need less (smaller values, LIMIT).",
+}
+
+
 def sqlstate_for_sqlite(code: int, extended: int | None, message: str) -> str:
     """The SQLSTATE for a SQLite result code and message."""
     if code == apsw.SQLITE_CONSTRAINT:
@@ -210,6 +217,6 @@ def from_sqlite(exc: apsw.Error) -> SqldError:
             return SqldError(message, sqlstate="08P01")
         return SqldError(message, sqlstate="XX000")
     state = sqlstate_for_sqlite(code, extended, message)
-    err = SqldError(message, sqlstate=state)
+    err = SqldError(message, sqlstate=state, hint=_HINTS.get(code))
     err.sqlite_code = extended if extended is not None else code
     return err

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import apsw
 
-from sqld.backends import sandbox
+from sqld.backends import memory, sandbox
 from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsWriter, StatementInfo
 from sqld.errors import SqldError, from_sqlite
 
@@ -60,6 +60,7 @@ class LibsqlConnection:
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
         self.apsw = conn
         self.readonly = readonly
+        memory.apply(conn)
         self._open: set[apsw.Cursor] = set()  # cursors of suspended portals
         self._budget: int | None = None
         self._deadline: float | None = None

@@ -48,7 +48,8 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
     """An apsw authorizer for a session connection; ``guarded`` pragmas are refused a value
     whatever ``unsafe_allowed`` says."""
     deny, ok = apsw.SQLITE_DENY, apsw.SQLITE_OK
-    PRAGMA, ATTACH, FUNCTION = apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_FUNCTION
+    PRAGMA, ATTACH, FUNCTION, READ = apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_FUNCTION, apsw.SQLITE_READ
+    ignore = apsw.SQLITE_IGNORE
 
     def authorize(op, p1, p2, dbname, trigger) -> int:
         if op == PRAGMA:
@@ -59,6 +60,8 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
                                        or name in _ACTING_PRAGMAS):
                 return deny
             return ok
+        if op == READ and p1 == "pragma_database_list" and p2 == "file":
+            return ignore  # the server's file paths: read as NULL (PRAGMA database_list gives names)
         if unsafe_allowed:
             return ok
         if op == ATTACH:

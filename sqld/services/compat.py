@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 
+import attrs
+
 from sqld import __version__
 from sqld.backends.base import Column, StatementInfo
 from sqld.errors import FeatureNotSupported, InvalidParameterValue, SqldError, UndefinedObject
 from sqld.pgwire import types as t
 from sqld.services import catalog
 from sqld.services.base import Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
-from sqld.sqltext import Statement
+from sqld.sqltext import Statement, parse_one
 
 SERVER_VERSION = f"15.0 (sqld {__version__})"
 SERVER_VERSION_NUM = "150000"
@@ -133,7 +135,10 @@ class CompatService:
                     return None
                 return DescribeResult(info=StatementInfo(columns=catalog.columns(stmt), param_count=0, readonly=True),
                                       param_decltypes=())
-            if stmt.verb in COMPAT_VERBS:
+            if stmt.verb == "PRAGMA" and stmt.words[1:] == ("DATABASE_LIST",):
+                # SQLite answers with the server's file paths; a client gets database names.
+                request = attrs.evolve(request, statement=_database_list(self.state.database or "main"))
+            elif stmt.verb in COMPAT_VERBS:
                 if rt is Execute:
                     return self.execute(stmt)
                 if rt is Peek:
@@ -234,6 +239,13 @@ class CompatService:
         self.state.settings[name] = value
         if is_reported(name):
             self.state.reported[reported_name(name)] = value
+
+
+def _database_list(database: str) -> Statement:
+    """``PRAGMA database_list`` with the session's database name where SQLite has a path."""
+    name = database.replace("'", "''")
+    return parse_one("select seq, name, case name when 'main' then '" + name + "' else '' end as file "
+                     "from pragma_database_list")
 
 
 # --- SQL functions drivers call --------------------------------------------------------------

@@ -73,3 +73,60 @@ def test_statements_longer_than_the_limit_are_refused(start_sqld, tmp_path):
         with pytest.raises(psycopg.errors.ProgramLimitExceeded):
             c.execute(long_sql + " where %s = %s", (1, 1))  # the extended protocol too
         assert c.execute("select 1 + %s", (1,)).fetchone() == (2,)
+
+
+def test_defect12_a_huge_value_is_refused_and_everyone_keeps_serving(start_sqld, tmp_path):
+    """select length(randomblob(900000000)) once built 900 MB on the server for one client;
+    a few dozen at once would have taken the host."""
+    import threading
+
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("select 1")
+    before = rss(server)
+    errors: list[str] = []
+
+    def huge(sql: str) -> None:
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            try:
+                c.execute(sql)
+                errors.append("ran")
+            except psycopg.Error as exc:
+                errors.append(exc.sqlstate)
+
+    queries = ["select length(randomblob(900000000))", "select length(zeroblob(900000000))",
+               "select length(printf('%.*c', 900000000, 'x'))"] * 4
+    threads = [threading.Thread(target=huge, args=(q,)) for q in queries]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert errors == ["54000"] * len(queries)
+    assert rss(server) - before < 100 << 20
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        err = None
+        try:
+            c.execute("select randomblob(70000000)")
+        except psycopg.Error as exc:
+            err = exc
+        assert err is not None and err.sqlstate == "54000" and "--max-value-mb" in err.diag.message_hint
+        assert c.execute("select length(randomblob(1000000))").fetchone() == (1000000,)
+
+
+def test_sqlite_memory_is_bounded_server_wide(start_sqld, tmp_path):
+    server = start_sqld("--max-memory-mb", "48", "--max-value-mb", "30", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        with pytest.raises(psycopg.Error) as err:
+            c.execute("select length(a), length(b) from (select randomblob(25000000) a, randomblob(25000000) b)")
+        assert err.value.sqlstate == "53200"
+        assert c.execute("select length(randomblob(20000000))").fetchone() == (20000000,)
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_database_list_names_databases_not_server_paths(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(dbname="shop"), autocommit=True) as c:
+        rows = c.execute("pragma database_list").fetchall()
+        assert rows == [(0, "main", "shop")]
+        assert c.execute("select name, file from pragma_database_list").fetchall() == [("main", None)]
+        assert str(tmp_path) not in repr(rows)
