@@ -724,6 +724,10 @@ class PgConnection:
         if portal.prepared.statement.is_empty:
             self.write(_EMPTY_QUERY)
             return
+        if portal.cursor is not None and not portal.complete and getattr(portal.cursor, "orphaned", False):
+            del self.portals[msg.portal]  # dropped at the end of its transaction, as PostgreSQL does
+            raise SqldError(f'portal "{msg.portal}" does not exist', sqlstate="34000",
+                            detail="The transaction it was read in has ended.")
         if portal.complete:
             self._complete(portal.cursor)
             return

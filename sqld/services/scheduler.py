@@ -194,7 +194,7 @@ class ResultCursor:
     """
 
     __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
-                 "_release", "last_rowid", "notice")
+                 "_release", "last_rowid", "notice", "_tx")
 
     def __init__(self, service: SchedulerService, conn: Connection | None, columns, rows, handle, verb, release,
                  changes: int | None = None, last_rowid: int | None = None) -> None:
@@ -210,6 +210,8 @@ class ResultCursor:
         self.last_rowid = last_rowid
         self._release = release
         self.notice = None
+        # The transaction the rows are read in (None in autocommit): its end closes them.
+        self._tx = service.tx_serial if service.in_tx else None
         if done:
             self._finish()
 
@@ -226,9 +228,18 @@ class ResultCursor:
         if release is not None:
             release()
 
+    @property
+    def orphaned(self) -> bool:
+        """Its transaction ended (COMMIT or ROLLBACK in the same batch): PostgreSQL drops such a
+        portal; its connection went back to the pool, and reading on would read nothing."""
+        return self._tx is not None and self._tx != self._service.tx_serial
+
     async def fetch(self, n: int) -> None:
         if self.done:
             return
+        if self.orphaned:
+            self.done = True
+            raise SqldError("portal does not exist: its transaction has ended", sqlstate="34000")
         if self._service.failed:
             # PostgreSQL: a portal of an aborted transaction cannot be read on
             raise InFailedTransaction()
@@ -266,6 +277,7 @@ class SchedulerService:
         self.s = scheduler
         self.state = state
         self.in_tx = False        # a transaction is open (status T or E)
+        self.tx_serial = 0        # counts the transactions ended, so cursors know theirs
         self.implicit = False     # … and it is a pipeline's implicit one, to end at Sync
         self.failed = False       # … and a statement in it failed (status E)
         self.read_only_tx = False
@@ -667,6 +679,7 @@ class SchedulerService:
             self._unlock_writer()
 
     async def _end_tx(self, sql: str) -> None:
+        self.tx_serial += 1
         conn, self.tx_conn = self.tx_conn, None
         kept, self.kept_readers = self.kept_readers, []
         for reader in kept:

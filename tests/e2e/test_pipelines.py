@@ -132,3 +132,21 @@ def test_a_batch_through_a_replica_is_all_or_nothing_on_the_primary(start_sqld, 
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == 10
     assert _count(primary, table_name) == 10
+
+
+def test_defect9_a_portal_read_after_its_transaction_committed_does_not_exist(raw, table_name):
+    """A suspended portal executed after COMMIT in the same batch read on from a reader
+    already back in the pool, and silently stopped short (SELECT 3 of 500 rows). PostgreSQL
+    drops the portal at COMMIT: 34000."""
+    raw.query(f"create table {table_name}(v integer)")
+    raw.query(f"insert into {table_name} with recursive s(n) as (select 1 union all select n + 1 from s "
+              "where n < 500) select n from s")
+    raw.query("begin")
+    raw.send(m.Parse("", f"select v from {table_name} order by v"), m.Bind("", "", (), (), ()), m.Execute("", 2),
+             m.Parse("c", "commit"), m.Bind("c", "c", (), (), ()), m.Execute("c"), m.Execute("", 0), m.Sync())
+    out = raw.until_ready()
+    assert kinds(out) == ["ParseComplete", "BindComplete", "DataRow", "DataRow", "PortalSuspended",
+                          "ParseComplete", "BindComplete", "CommandComplete", "ErrorResponse", "ReadyForQuery"]
+    assert out[-2].sqlstate == "34000"
+    assert out[-1].status == b"I"
+    assert kinds(raw.query("select 1")) == ["RowDescription", "DataRow", "CommandComplete", "ReadyForQuery"]
