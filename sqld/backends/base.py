@@ -109,3 +109,16 @@ class Backend(Protocol):
     def open_reader(self) -> Connection: ...
 
     def close(self) -> None: ...
+
+
+class ContinuesSnapshots(Protocol):
+    """Optional, for a backend whose writer may not see every commit its readers saw (other
+    processes write too: mvsqlite). The scheduler calls it where it has it; elsewhere it runs
+    ``begin immediate`` and relies on its own check that this process committed nothing."""
+
+    def begin_write_after(self, reader: Connection, writer: Connection) -> None:
+        """Begin ``writer``'s write transaction (``begin immediate``) as the continuation of
+        ``reader``'s open read transaction: it reads at the reader's snapshot, and its commit
+        fails with SerializationFailure if anything the reader read changed since. Raises
+        SerializationFailure at once when it cannot continue the snapshot."""
+        ...

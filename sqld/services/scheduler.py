@@ -647,6 +647,7 @@ class SchedulerService:
         if conn is not None and not conn.readonly:
             return conn
         await self._lock_writer()
+        begun = False
         if conn is not None:
             if self.s.commit_seq != self.snapshot_seq:
                 self._unlock_writer()
@@ -655,6 +656,16 @@ class SchedulerService:
                     detail="Another session committed after this transaction's first read.",
                     hint="Retry the transaction, or start it with a write.",
                 )
+            continues = getattr(self.s.backend, "begin_write_after", None)
+            if continues is not None:
+                # Other processes write too (mvsqlite): the write continues the reader's snapshot,
+                # taken over before the reader lets it go (base.ContinuesSnapshots; issue 10, 4).
+                try:
+                    continues(conn, self.s.backend.writer())
+                except BaseException:
+                    self._unlock_writer()
+                    raise
+                begun = True
             self.tx_conn = None
             if conn.has_open_cursors:
                 # Suspended portals read on in the snapshot they started in (as a PostgreSQL
@@ -664,7 +675,8 @@ class SchedulerService:
                 self.s.release_reader(conn)
         writer = self.s.backend.writer()
         try:
-            writer.run("begin immediate")
+            if not begun:
+                writer.run("begin immediate")
         except BaseException:
             self._unlock_writer()
             raise

@@ -34,6 +34,7 @@ class MvsqliteConnection(LibsqlConnection):
     statements are retried after a conflict."""
 
     retries = 8
+    page_file = None  # its main database file (vfs.PageFile), set by the backend
 
     def _raise(self, exc: apsw.Error):
         why = v.last_commit_error()
@@ -114,12 +115,15 @@ class MvsqliteBackend:
     def _connect(self, readonly: bool) -> MvsqliteConnection:
         flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = apsw.Connection("mvsqlite.db", flags=flags, vfs=self.vfs.vfs_name)
+        page_file = v.opened_file()
         for pragma in ("journal_mode=memory", "synchronous=normal", "cache_size=-16000",
                        f"foreign_keys={'on' if self.foreign_keys else 'off'}"):
             conn.execute(f"pragma {pragma}").fetchall()
         # The VFS commits at SQLite's sync: journal mode and synchronous are never the session's.
         conn.authorizer = sandbox.authorizer(self.unsafe_sql, sandbox.MVSQLITE)
-        return MvsqliteConnection(conn, readonly=readonly)
+        wrapped = MvsqliteConnection(conn, readonly=readonly)
+        wrapped.page_file = page_file
+        return wrapped
 
     def open(self) -> None:
         self.store = PageStore(self.fdb, self.prefix, page_size=self.page_size)
@@ -160,6 +164,31 @@ class MvsqliteBackend:
     def writer(self) -> MvsqliteConnection:
         assert self._writer is not None, "backend not open"
         return self._writer
+
+    def begin_write_after(self, reader: MvsqliteConnection, writer: MvsqliteConnection) -> None:
+        """Begin the writer's transaction as the continuation of ``reader``'s open read
+        transaction (the scheduler moves a transaction to the writer at its first write): at
+        the reader's FDB read version, with a read-conflict range on every page the reader
+        read or its SQLite cache may have served, so the commit fails with 40001 if another
+        process changed any of them since (issue 10, defect 4; base.ContinuesSnapshots)."""
+        source = reader.page_file
+        snap = source.snap if source is not None else None
+        if snap is None or snap.version is None:
+            writer.run("begin immediate")  # the reader read nothing: a fresh snapshot is the same
+            return
+        if snap.pinned is not None:
+            # It read on past FDB's 5 s in fresh FDB transactions: its conflict ranges are gone.
+            raise SerializationFailure("the transaction is older than FoundationDB allows for a write (5 s)",
+                                       detail="Its reads cannot be checked for conflicts any more.",
+                                       hint="Keep transactions that write shorter than 5 seconds; retry.")
+        target = writer.page_file
+        target.follow = self.store.continuation(snap, snap.read_pages | source.cached)
+        try:
+            writer.run("begin immediate")
+        finally:
+            if target.follow is not None:  # not taken (the BEGIN failed first): never later
+                target.follow.close()
+                target.follow = None
 
     def open_reader(self) -> MvsqliteConnection:
         reader = self._connect(readonly=True)

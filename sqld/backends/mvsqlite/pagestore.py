@@ -159,9 +159,18 @@ class PageCache:
                 self.entries.clear()
 
     def own_commit(self, pages: dict[int, bytes], commit: int) -> None:
-        """This process committed these pages at ``commit``: valid from there on."""
+        """This process committed these pages at ``commit``: valid from there on, unless the
+        cache already knows more. An entry never moves back (issue 10, defect 5): another
+        thread may have read the change log past ``commit`` and cached a newer image."""
         with self.lock:
             for pgno, h in pages.items():
+                e = self.entries.get(pgno)
+                if e is not None and e.since >= commit:
+                    continue  # a newer image (another process's later commit) is cached
+                if commit <= self.version:
+                    # The log was read past this commit by another thread: a later change of
+                    # the page may be in what it read, and this entry would not be ended.
+                    continue
                 self.entries[pgno] = _Entry(h, commit)
 
     def content(self, h: bytes) -> bytes | None:
@@ -245,6 +254,18 @@ class PageStore:
 
     def snapshot(self, version: int | None = None) -> "Snapshot":
         return Snapshot(self, pinned=version)
+
+    def continuation(self, of: "Snapshot", pages) -> "Snapshot":
+        """A snapshot for a write that continues the read transaction ``of`` (another
+        connection's, still open): at its FDB read version, with a read-conflict range on
+        each of ``pages`` (what it read), so the commit fails with 1020 if another process
+        changed any of them since (issue 10, defect 4)."""
+        snap = Snapshot(self)
+        snap.version = of.version
+        snap.tr.set_read_version(of.version)
+        snap.hashes = dict(of.hashes)
+        snap.note_read(pages)
+        return snap
 
     def current_version(self) -> int:
         tr = self.db.create_transaction()
@@ -414,6 +435,16 @@ class Snapshot:
         else:
             st.stats.cache_hits += 1
         return data
+
+    def note_read(self, pages) -> None:
+        """Pages this transaction may have read without asking the store (SQLite served them
+        from its own page cache): they conflict as if read here."""
+        st = self.store
+        for pgno in pages:
+            if pgno not in self.read_pages:
+                self.read_pages.add(pgno)
+                if self.pinned is None:
+                    self.tr.add_read_conflict_range(st.k_index(pgno), st.k_index(pgno + 1))
 
     def page_count(self) -> int:
         """The database size in pages, from page 1's header (0 for an empty database)."""

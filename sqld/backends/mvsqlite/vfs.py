@@ -42,6 +42,12 @@ def clear_commit_error() -> None:
     _local.error = None
 
 
+def opened_file() -> "PageFile | None":
+    """The main database file this thread opened last (SQLite opens it when a connection
+    is made): how a backend finds the file of the connection it just made."""
+    return getattr(_local, "opened", None)
+
+
 class PageStoreVFS(apsw.VFS):
     """A VFS named ``name`` whose main database files are the page store ``store``; every
     other file (temp files) goes to the default VFS."""
@@ -55,7 +61,8 @@ class PageStoreVFS(apsw.VFS):
     def xOpen(self, name, flags):
         if flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
             flags[1] = flags[0]
-            return PageFile(self.store, self.pinned)
+            _local.opened = PageFile(self.store, self.pinned)
+            return _local.opened
         return super().xOpen(name, flags)
 
     def xAccess(self, pathname, flags) -> bool:
@@ -90,12 +97,20 @@ class PageFile:
         # back and syncing: those must never become a commit (they are images of an older
         # snapshot). Writes and syncs are dropped until the lock falls to SHARED or NONE.
         self.failed = False
+        # Pages handed to SQLite since it last dropped its page cache (at a new virtual
+        # counter): it may serve any of them again without a read, so a commit counts them
+        # as read (issue 10, defect 4).
+        self.cached: set[int] = set()
+        self.follow: Snapshot | None = None  # the next snapshot, continuing another's (backend)
 
     # -- snapshot ---------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
         if self.snap is None:
-            self.snap = self.store.snapshot(self.pinned)
+            if self.follow is not None:
+                self.snap, self.follow = self.follow, None
+            else:
+                self.snap = self.store.snapshot(self.pinned)
             self.size = None
         return self.snap
 
@@ -142,6 +157,7 @@ class PageFile:
                 data = snap.read_page(pgno)
                 if pgno == 1:
                     data = self._virtual_page1(snap, data)
+                self.cached.add(pgno)
                 out += data
             start = offset - (first - 1) * ps
             return bytes(out[start : start + amount])  # short past the end: SQLite zero-fills
@@ -153,6 +169,7 @@ class PageFile:
         if state != self.seen:
             self.seen = state
             self.counter = (max(self.counter, self.written) + 1) & 0xFFFFFFFF
+            self.cached = set()  # SQLite drops its page cache at a new counter
         page = bytearray(data)
         _U32.pack_into(page, 24, self.counter)
         _U32.pack_into(page, 92, self.counter)
@@ -192,6 +209,7 @@ class PageFile:
         if snap is None or not snap.dirty or self.failed:
             return
         try:
+            snap.note_read(self.cached)
             snap.commit()
         except Exception as exc:
             snap.dirty.clear()
