@@ -129,8 +129,9 @@ def _check_bank(b, done):
 
 
 @pytest.mark.simulator_only
-@pytest.mark.parametrize("faults", [{}, {"conflict": 0.05, "unknown_result": 0.05, "too_old": 0.01}],
-                         ids=["clean", "faults"])
+@pytest.mark.parametrize("faults", [{}, {"conflict": 0.05, "unknown_result": 0.05, "too_old": 0.01},
+                                    {"in_flight": 0.05, "batch": 0.5, "unknown_result": 0.02}],
+                         ids=["clean", "faults", "in-flight-and-batches"])
 def test_conflicting_bank_transfers_across_two_processes(fdb, faults):
     a, b = backend(fdb), backend(fdb)
     _setup_bank(a)
@@ -153,10 +154,16 @@ def test_conflicting_bank_transfers_across_two_processes(fdb, faults):
     assert errors == []
     assert len(done) == 1000
     assert fdb.stats["conflicts"] > 0  # the two processes really did collide
-    if faults:
+    if "conflict" in faults:
         assert fdb.stats["injected_unknown_result"] > 0 and fdb.stats["injected_conflict"] > 0
+    if "in_flight" in faults:
+        # (every transfer touches the accounts' page: overlapping ones conflict, none can share
+        # a batch; test_faults.py has batches of disjoint writers)
+        assert fdb.stats["in_flight_landed"] > 0 and fdb.stats["in_flight_dropped"] > 0
     _check_bank(a, done)
     _check_bank(b, done)
+    fdb.land_in_flight()  # whatever is still on its way was fenced: nothing more is applied
+    _check_bank(a, done)
 
 
 @pytest.mark.simulator_only

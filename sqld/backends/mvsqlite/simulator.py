@@ -11,8 +11,11 @@ committed write ranges are kept.
 
 Faults can be injected with seeded probabilities (``Faults``): ``conflict`` (commit fails
 with 1020, nothing applied), ``unknown_result`` (commit fails with 1021, applied or not, even
-odds), ``too_old`` (a read fails with 1007). ``SimDatabase.stats`` counts round trips
-(``reads``, ``commits``, ``grv``) and errors, per kind.
+odds), ``in_flight`` (1021 while the commit is still on its way: it lands or conflicts at a
+later commit), ``too_old`` (a read fails with 1007), ``batch`` (a commit shares the commit
+version of the one before, as one proxy batch does). ``hang()`` makes the cluster stop
+answering (calls wait for ``transaction_timeout``, then 1031). ``SimDatabase.stats`` counts
+round trips (``reads``, ``commits``, ``grv``) and errors, per kind.
 
 Thread-safe: one lock guards the database; a transaction belongs to one thread at a time.
 """
@@ -37,6 +40,7 @@ from sqld.backends.mvsqlite.fdbport import (
     RETRYABLE,
     TRANSACTION_CANCELLED,
     TRANSACTION_LIMIT,
+    TRANSACTION_TIMED_OUT,
     TRANSACTION_TOO_LARGE,
     TRANSACTION_TOO_OLD,
     VALUE_LIMIT,
@@ -74,6 +78,11 @@ STAT_KEYS = (
     "injected_unknown_result",
     "injected_unknown_result_applied",  # of those, the ones whose writes were applied
     "injected_too_old",
+    "injected_in_flight",  # 1021 answered while the commit was still on its way
+    "in_flight_landed",  # of those, the ones that later committed
+    "in_flight_dropped",  # and the ones that later conflicted (a fence) or grew too old
+    "batched",  # commits that shared the commit version of the one before
+    "timed_out",  # 1031 after waiting for a cluster that did not answer
 )
 
 
@@ -84,6 +93,8 @@ class Faults:
     conflict: float = 0.0  # a commit with writes fails with 1020, nothing applied
     unknown_result: float = 0.0  # a commit with writes fails with 1021; applied half the time
     too_old: float = 0.0  # a get or get_range fails with 1007
+    in_flight: float = 0.0  # a commit with writes fails with 1021 and lands (or conflicts) later
+    batch: float = 0.0  # a commit joins the previous one's batch: same 8-byte commit version
 
 
 def _as_bytes(b: object, what: str) -> bytes:
@@ -124,14 +135,23 @@ class SimDatabase:
 
     ``clock``: seconds, monotonic (versions follow it); ``seed``: for injected faults;
     ``faults``: a ``Faults`` or a mapping of its fields, and ``conflict``, ``unknown_result``,
-    ``too_old`` override single fields; ``backoff=False``: ``on_error`` does not sleep.
+    ``too_old`` override single fields; ``backoff=False``: ``on_error`` does not sleep;
+    ``transaction_timeout`` (seconds, None: none, FDB's default): every transaction made
+    after it is set fails with 1031 once that old (FDB's database option of that name).
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, seed: int | None = None,
                  faults: Faults | Mapping[str, float] | None = None, backoff: bool = True,
                  conflict: float | None = None, unknown_result: float | None = None,
-                 too_old: float | None = None) -> None:
+                 too_old: float | None = None, transaction_timeout: float | None = None) -> None:
         self._lock = threading.Lock()
+        self.transaction_timeout = transaction_timeout
+        self._answering = threading.Condition()
+        self._down = False  # hang(): the cluster does not answer
+        self._order = 0  # the order (2 bytes of the versionstamp) of the last commit in its batch
+        self._batch_open = False  # no read version handed out since the last commit
+        self._in_flight: list[_InFlight] = []
+        self.in_flight_wait: int | None = None  # later commits an in-flight one lets pass (None: 0-2)
         self._clock = clock
         self._t0 = clock()
         self._offset = 0  # versions added by advance()
@@ -200,6 +220,7 @@ class SimDatabase:
     def _grv(self) -> int:
         with self._lock:
             self._version = self._now()
+            self._batch_open = False  # a read version sees whole batches only
             self.stats["grv"] += 1
             return self._version
 
@@ -262,56 +283,144 @@ class SimDatabase:
             del self._keys[bisect_left(self._keys, k)]
         self._swept_at = horizon
 
-    def _commit(self, tr: SimTransaction, rv: int, size: int) -> int:
-        """Check and apply ``tr``'s writes at a new version, which it returns."""
+    def _commit(self, tr: SimTransaction, rv: int, size: int) -> bytes:
+        """Check and apply ``tr``'s writes at a new version; return the commit's versionstamp."""
         if size > TRANSACTION_LIMIT:
             raise FDBError(TRANSACTION_TOO_LARGE)  # the client checks before sending
         with self._lock:
+            self._land_due()
             self._check_read_version(rv)
             if self._roll(self.faults.conflict):
                 self.stats["injected_conflict"] += 1
                 raise FDBError(NOT_COMMITTED)
-            if tr._read_ranges:
-                rbegins, rends = _merge(tr._read_ranges)
-                for version, wbegins, wends in reversed(self._history):
-                    if version <= rv:
-                        break
-                    if any(_intersects(rbegins, rends, b, e) for b, e in zip(wbegins, wends)):
-                        self.stats["conflicts"] += 1
-                        raise FDBError(NOT_COMMITTED)
+            if self._conflicts(tr._read_ranges, rv):
+                self.stats["conflicts"] += 1
+                raise FDBError(NOT_COMMITTED)
+            if self._roll(self.faults.in_flight):
+                # The answer is lost while the commit is still on its way: it is resolved
+                # later, against what committed meanwhile (a fence can still stop it).
+                self.stats["injected_in_flight"] += 1
+                wait = self._rng.randint(0, 2) if self.in_flight_wait is None else self.in_flight_wait
+                self._in_flight.append(_InFlight(rv, list(tr._read_ranges), list(tr._mutations),
+                                                 list(tr._write_ranges), wait))
+                raise FDBError(COMMIT_UNKNOWN_RESULT)
             unknown = self._roll(self.faults.unknown_result)
             if unknown:
                 self.stats["injected_unknown_result"] += 1
                 if not self._rng.random() < 0.5:
                     raise FDBError(COMMIT_UNKNOWN_RESULT)
                 self.stats["injected_unknown_result_applied"] += 1
-
-            version = self._version = max(self._version + 1, self._now())
-            horizon = version - MAX_READ_AGE
-            stamp = version.to_bytes(8, "big") + b"\x00\x00"
-            writes = list(tr._write_ranges)
-            for op in tr._mutations:
-                if op[0] == "set":
-                    self._write(op[1], op[2], version, horizon)
-                elif op[0] == "clear":
-                    b, e = op[1], op[2]
-                    for k in self._keys[bisect_left(self._keys, b):bisect_left(self._keys, e)]:
-                        self._write(k, None, version, horizon)
-                else:  # versionstamped key
-                    key, offset, value = op[1], op[2], op[3]
-                    key = key[:offset] + stamp + key[offset + VERSIONSTAMP_SIZE:]
-                    self._write(key, value, version, horizon)
-                    writes.append((key, key_after(key)))
-            wbegins, wends = _merge(writes)
-            self._history.append((version, wbegins, wends))
-            while self._history and self._history[0][0] <= horizon:
-                self._history.popleft()
-            if horizon - self._swept_at >= SWEEP_EVERY:
-                self._sweep(horizon)
-            self.stats["committed"] += 1
+            stamp = self._apply(tr._mutations, tr._write_ranges)
             if unknown:
                 raise FDBError(COMMIT_UNKNOWN_RESULT)
-            return version
+            return stamp
+
+    def _conflicts(self, read_ranges: list[tuple[bytes, bytes]], rv: int) -> bool:
+        """Whether a commit after ``rv`` wrote into one of ``read_ranges``."""
+        if not read_ranges:
+            return False
+        rbegins, rends = _merge(read_ranges)
+        for version, wbegins, wends in reversed(self._history):
+            if version <= rv:
+                break
+            if any(_intersects(rbegins, rends, b, e) for b, e in zip(wbegins, wends)):
+                return True
+        return False
+
+    def _apply(self, mutations: list[tuple], write_ranges: list[tuple[bytes, bytes]]) -> bytes:
+        """Apply a checked commit; return its versionstamp. It joins the batch of the commit
+        before (same 8-byte version, next order) when ``faults.batch`` says so and no read
+        version was handed out since: FDB gives no read version inside an unfinished batch."""
+        if self._batch_open and self._roll(self.faults.batch):
+            version, order = self._version, self._order + 1
+            self.stats["batched"] += 1
+        else:
+            version, order = max(self._version + 1, self._now()), 0
+        self._version, self._order, self._batch_open = version, order, True
+        horizon = version - MAX_READ_AGE
+        stamp = version.to_bytes(8, "big") + order.to_bytes(2, "big")
+        for op in mutations:
+            if op[0] == "set":
+                self._write(op[1], op[2], version, horizon)
+            elif op[0] == "clear":
+                b, e = op[1], op[2]
+                for k in self._keys[bisect_left(self._keys, b):bisect_left(self._keys, e)]:
+                    self._write(k, None, version, horizon)
+            else:  # versionstamped key: no write conflict of its own, as in FDB
+                key, offset, value = op[1], op[2], op[3]
+                key = key[:offset] + stamp + key[offset + VERSIONSTAMP_SIZE:]
+                self._write(key, value, version, horizon)
+        wbegins, wends = _merge(write_ranges)
+        self._history.append((version, wbegins, wends))
+        while self._history and self._history[0][0] <= horizon:
+            self._history.popleft()
+        if horizon - self._swept_at >= SWEEP_EVERY:
+            self._sweep(horizon)
+        self.stats["committed"] += 1
+        return stamp
+
+    def _land_due(self) -> None:
+        """In-flight commits whose turn came (each waits for a few later commits) land now,
+        ahead of the commit that arrived: conflict-checked against all since their read."""
+        due = [c for c in self._in_flight if c.wait <= 0]
+        for c in self._in_flight:
+            c.wait -= 1
+        for c in due:
+            self._in_flight.remove(c)
+            self._land(c)
+
+    def _land(self, c: _InFlight) -> None:
+        now = self._now()
+        if now - c.rv > MAX_READ_AGE or self._conflicts(c.read_ranges, c.rv):
+            self.stats["in_flight_dropped"] += 1
+            return
+        self._apply(c.mutations, c.write_ranges)
+        self.stats["in_flight_landed"] += 1
+
+    def land_in_flight(self) -> None:
+        """Resolve every commit still in flight now (each lands or conflicts), for tests."""
+        with self._lock:
+            pending, self._in_flight = self._in_flight, []
+            for c in pending:
+                self._land(c)
+
+    # -- a cluster that does not answer -------------------------------------------------------
+
+    def hang(self) -> None:
+        """The cluster stops answering: every call waits until ``resume`` or until its
+        transaction's timeout (then 1031), forever when no timeout is set (FDB's default)."""
+        with self._answering:
+            self._down = True
+
+    def resume(self) -> None:
+        with self._answering:
+            self._down = False
+            self._answering.notify_all()
+
+    def _answer(self, deadline: float | None) -> None:
+        """Wait for the cluster as a call to it would; 1031 once the transaction timed out."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise FDBError(TRANSACTION_TIMED_OUT)
+        if not self._down:
+            return
+        with self._answering:
+            while self._down:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self.stats["timed_out"] += 1
+                    raise FDBError(TRANSACTION_TIMED_OUT)
+                self._answering.wait(left)
+
+
+@dataclasses.dataclass(eq=False)
+class _InFlight:
+    """A commit whose client was told 1021 while it was still on its way."""
+
+    rv: int
+    read_ranges: list
+    mutations: list
+    write_ranges: list
+    wait: int  # later commits to let pass before it lands
 
 
 class SimTransaction:
@@ -320,7 +429,13 @@ class SimTransaction:
     def __init__(self, db: SimDatabase) -> None:
         self._db = db
         self._delay = BACKOFF_INITIAL
+        self._start_timeout()
         self._clear_state()
+
+    def _start_timeout(self) -> None:
+        # From creation or reset, not from on_error (FDB's rule since API version 610).
+        timeout = self._db.transaction_timeout
+        self._deadline = time.monotonic() + timeout if timeout else None
 
     def _clear_state(self) -> None:
         self._read_version: int | None = None
@@ -347,6 +462,7 @@ class SimTransaction:
 
     def _rv(self) -> int:
         if self._read_version is None:
+            self._db._answer(self._deadline)
             self._read_version = self._db._grv()
         return self._read_version
 
@@ -354,6 +470,7 @@ class SimTransaction:
         """Count a read, obtain the read version, raise 1007/1009 or an injected 1007."""
         db = self._db
         self._usable()
+        db._answer(self._deadline)
         rv = self._rv()
         with db._lock:
             db.stats["reads"] += 1
@@ -487,8 +604,8 @@ class SimTransaction:
         if key[:offset] >= MAX_KEY:
             raise FDBError(KEY_OUTSIDE_LEGAL_RANGE)
         self._mutations.append(("stamp", key, offset, value))
-        # The key is known only at commit: the write conflict covers every key it can become
-        # (the conflict is recorded at commit with the final key).
+        # FDB adds no write-conflict range for it (its key is known only at commit): a reader
+        # of such keys conflicts only with an explicit add_write_conflict_range.
 
     def clear(self, key: bytes) -> None:
         key = _as_bytes(key, "key")
@@ -561,9 +678,10 @@ class SimTransaction:
         if not self._mutations and not self._write_ranges:
             return  # read-only: nothing to send, nothing to check
         rv = self._rv()  # a blind write still gets a read version, as in FDB
-        version = self._db._commit(self, rv, self._size())
-        self._committed_version = version
-        self._versionstamp = version.to_bytes(8, "big") + b"\x00\x00"
+        self._db._answer(self._deadline)  # a commit sent to a cluster that does not answer: never applied
+        stamp = self._db._commit(self, rv, self._size())
+        self._committed_version = int.from_bytes(stamp[:8], "big")
+        self._versionstamp = stamp
 
     def get_committed_version(self) -> int:
         """The commit's version; -1 before a commit or for a read-only one (as FDB)."""
@@ -593,6 +711,7 @@ class SimTransaction:
 
     def reset(self) -> None:
         self._delay = BACKOFF_INITIAL
+        self._start_timeout()
         self._clear_state()
 
     def cancel(self) -> None:
