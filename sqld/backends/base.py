@@ -38,6 +38,12 @@ class NeedsWriter(Exception):
     """A read-only connection was asked to run a statement that writes; nothing ran."""
 
 
+class NeedsOwnConnection(Exception):
+    """A pooled connection was asked to hold something of one session's (a temp object, a
+    connection pragma); nothing ran. The session gets a connection of its own
+    (``Backend.open_session_connection``) and runs the statement there."""
+
+
 class Interrupted(Exception):
     """The run was stopped by a cancel request or a statement timeout (``reason`` says which)."""
 
@@ -107,6 +113,12 @@ class Backend(Protocol):
     def writer(self) -> Connection: ...
 
     def open_reader(self) -> Connection: ...
+
+    def open_session_connection(self) -> Connection:
+        """A read-write connection for one session alone (temp objects, its own settings).
+        It writes only while its user holds the writer lock, so SQLite never sees two
+        writers. Raises FeatureNotSupported where the backend cannot give one."""
+        ...
 
     def close(self) -> None: ...
 

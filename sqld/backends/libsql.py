@@ -6,13 +6,14 @@ import itertools
 import logging
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
 import apsw
 
 from sqld.backends import memory, sandbox
-from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsWriter, StatementInfo
+from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsOwnConnection, NeedsWriter, StatementInfo
 from sqld.errors import SqldError, from_sqlite
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,15 @@ class LibsqlConnection:
             return True
         return False
 
+    def _needs_own(self, exc: apsw.Error) -> None:
+        if isinstance(exc, apsw.AuthError):
+            auth = self.apsw.authorizer
+            if getattr(auth, "wants_own", False):
+                auth.wants_own = False
+                raise NeedsOwnConnection() from None
+
     def _raise(self, exc: apsw.Error):
+        self._needs_own(exc)
         if isinstance(exc, apsw.BusyError) and self._budget is not None:
             # An inline run met a lock (a replica's applier at work): it gave up at once
             # rather than sleep on the event loop; it runs again on a thread, where it waits.
@@ -140,6 +149,7 @@ class LibsqlConnection:
         except apsw.ExecTraceAbort:
             pass
         except apsw.Error as exc:
+            self._needs_own(exc)
             raise from_sqlite(exc) from None
         finally:
             self._budget = budget
@@ -290,7 +300,7 @@ class LibsqlBackend:
         self.foreign_keys = foreign_keys
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: LibsqlConnection | None = None
-        self._readers: list[LibsqlConnection] = []
+        self._readers: weakref.WeakSet[LibsqlConnection] = weakref.WeakSet()  # closed with the backend
 
     def _configure(self, conn: apsw.Connection) -> None:
         conn.set_busy_timeout(self.busy_timeout_ms)
@@ -329,17 +339,31 @@ class LibsqlBackend:
         assert self._writer is not None, "backend not open"
         return self._writer
 
+    def open_session_connection(self) -> LibsqlConnection:
+        conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE)
+        self._configure(conn)
+        guarded = frozenset()
+        if self.capture is not None:
+            # Its commits go into the replication log like the writer's (under the writer
+            # lock, so one at a time); the hook also stands in for SQLite's autocheckpoint.
+            conn.set_wal_hook(self.capture._on_commit)
+            guarded = sandbox.REPLICATION_LOG
+        conn.authorizer = sandbox.authorizer(self.unsafe_sql, guarded, kind=sandbox.SESSION_OWNED)
+        own = LibsqlConnection(conn, readonly=True)  # read-only until its session holds the writer
+        self._readers.add(own)
+        return own
+
     def open_reader(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
         self._configure(conn)
         conn.authorizer = sandbox.authorizer(self.unsafe_sql)
         reader = LibsqlConnection(conn, readonly=True)
-        self._readers.append(reader)
+        self._readers.add(reader)
         return reader
 
     def close(self) -> None:
         """Close every connection; roll back what is open; checkpoint and truncate the WAL."""
-        for r in self._readers:
+        for r in list(self._readers):
             r.close()
         self._readers.clear()
         w, self._writer = self._writer, None

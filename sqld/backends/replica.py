@@ -18,6 +18,7 @@ import apsw
 
 from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
+from sqld.errors import FeatureNotSupported
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class ReplicaBackend:
     def writer(self) -> LibsqlConnection:
         assert self._writer is not None, "backend not open"
         return self._writer
+
+    def open_session_connection(self) -> LibsqlConnection:
+        raise FeatureNotSupported("temporary objects and connection settings are not available on a replica",
+                                  hint="Connect to the primary for them.")
 
     def open_reader(self) -> LibsqlConnection:
         reader = self._connect()

@@ -23,19 +23,23 @@ _SETTING_PRAGMAS = frozenset((
     "temp_store_directory", "data_store_directory", "journal_size_limit", "query_only", "trusted_schema",
     "hard_heap_limit", "soft_heap_limit", "threads",
 ))
-# Connection settings: connections are shared by sessions, so a session's setting would
-# reach others (a CHECK bypass, a page limit for everyone…). The server's flags set them.
+# Connection settings: pooled connections are shared by sessions, so a session's setting
+# would reach others (a CHECK bypass, a page limit for everyone…). A session that sets one
+# gets a connection of its own for the rest of the session (SESSION_OWNED), where it is its
+# own business, as it is for a PostgreSQL backend.
 _CONNECTION_PRAGMAS = frozenset((
     "foreign_keys", "ignore_check_constraints", "max_page_count", "cache_size", "cache_spill",
     "recursive_triggers", "busy_timeout", "case_sensitive_like", "reverse_unordered_selects",
     "automatic_index", "temp_store", "legacy_alter_table", "analysis_limit", "count_changes",
-    "full_column_names", "short_column_names", "empty_result_callbacks", "secure_delete", "auto_vacuum",
-    "page_size", "encoding", "cell_size_check", "checkpoint_fullfsync",
-    "fullfsync", "read_uncommitted",
+    "full_column_names", "short_column_names", "empty_result_callbacks", "secure_delete",
+    "cell_size_check", "checkpoint_fullfsync", "fullfsync", "read_uncommitted", "defer_foreign_keys",
 ))
+# Settings of the database file itself (they change it at the next VACUUM): refused on every
+# connection, as the file is everyone's.
+_FILE_PRAGMAS = frozenset(("auto_vacuum", "page_size", "encoding"))
 # Refused even without a value: running them acts.
 _ACTING_PRAGMAS = frozenset(("wal_checkpoint",))
-# Temporary objects live on a connection that other sessions use next.
+# Temporary objects live on their connection: on a pooled one, other sessions would see them.
 _TEMP_OPS = frozenset((apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX, apsw.SQLITE_CREATE_TEMP_TRIGGER,
                        apsw.SQLITE_CREATE_TEMP_VIEW))
 # What a backend needs kept, even with --allow-unsafe-sql: the WAL hook and WAL mode that the
@@ -44,20 +48,44 @@ REPLICATION_LOG = frozenset(("journal_mode", "wal_autocheckpoint"))
 MVSQLITE = frozenset(("journal_mode", "synchronous", "locking_mode"))
 
 
-def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
+POOLED, SESSION_OWNED = "pooled", "session-owned"
+
+
+class Authorizer:
+    """An apsw authorizer with a memory: ``wants_own`` is set when it refused something only
+    because its connection is shared (a temp object, a connection pragma); the connection
+    turns that refusal into ``NeedsOwnConnection``."""
+
+    __slots__ = ("authorize", "wants_own")
+
+    def __init__(self, authorize) -> None:
+        self.authorize = authorize
+        self.wants_own = False
+
+    def __call__(self, op, p1, p2, dbname, trigger) -> int:
+        return self.authorize(self, op, p1, p2, dbname, trigger)
+
+
+def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset(), kind: str = POOLED) -> Authorizer:
     """An apsw authorizer for a session connection; ``guarded`` pragmas are refused a value
-    whatever ``unsafe_allowed`` says."""
+    whatever ``unsafe_allowed`` says. A SESSION_OWNED connection may hold temp objects and
+    connection settings."""
     deny, ok = apsw.SQLITE_DENY, apsw.SQLITE_OK
+    owned = kind == SESSION_OWNED
     PRAGMA, ATTACH, FUNCTION, READ = apsw.SQLITE_PRAGMA, apsw.SQLITE_ATTACH, apsw.SQLITE_FUNCTION, apsw.SQLITE_READ
     ignore = apsw.SQLITE_IGNORE
 
-    def authorize(op, p1, p2, dbname, trigger) -> int:
+    def authorize(self, op, p1, p2, dbname, trigger) -> int:
         if op == PRAGMA:
             name = (p1 or "").lower()
             if p2 is not None and name in guarded:
                 return deny
-            if not unsafe_allowed and ((p2 is not None and (name in _SETTING_PRAGMAS or name in _CONNECTION_PRAGMAS))
-                                       or name in _ACTING_PRAGMAS):
+            if unsafe_allowed:
+                return ok
+            if name in _ACTING_PRAGMAS or (p2 is not None and (name in _SETTING_PRAGMAS or name in _FILE_PRAGMAS)):
+                return deny
+            if p2 is not None and name in _CONNECTION_PRAGMAS and not owned:
+                self.wants_own = True
                 return deny
             return ok
         if op == READ and p1 == "pragma_database_list" and p2 == "file":
@@ -70,10 +98,11 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset()):
             # would stay attached to a connection other sessions use. The empty name is
             # plain VACUUM's own scratch database (indistinguishable from ATTACH '').
             return ok if p1 == "" else deny
-        if op in _TEMP_OPS:
+        if op in _TEMP_OPS and not owned:
+            self.wants_own = True
             return deny
         if op == FUNCTION and (p2 or "").lower() == "load_extension":
             return deny
         return ok
 
-    return authorize
+    return Authorizer(authorize)

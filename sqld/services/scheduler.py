@@ -28,7 +28,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from sqld.backends.base import Backend, BudgetExceeded, Column, Connection, Interrupted, NeedsWriter, StatementInfo
+from sqld.backends.base import (Backend, BudgetExceeded, Column, Connection, Interrupted, NeedsOwnConnection,
+                                NeedsWriter, StatementInfo)
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.services.base import (
     Abort,
@@ -285,6 +286,10 @@ class SchedulerService:
         self.schema_dirty = False  # the open transaction changed the schema
         self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
         self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
+        # The session's own connection, once it made a temp object or set a connection
+        # pragma (SQLite keeps those on the connection): from then on every statement of the
+        # session runs there, reads and writes; it writes only while holding the writer lock.
+        self.own: Connection | None = None
         self.on_close = None  # called when the session ends (a private database is dropped)
         # A replica's forwarded session asks to be told the replication log's last frame
         # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
@@ -299,6 +304,36 @@ class SchedulerService:
         return b"E" if self.failed else b"T"
 
     async def __call__(self, request):
+        try:
+            return await self._dispatch(request)
+        except NeedsOwnConnection:
+            await self._take_own_connection()
+            return await self._dispatch(request)
+
+    async def _take_own_connection(self) -> None:
+        if self.own is not None:
+            raise SqldError("internal error: the session's own connection refused its statement")
+        conn = self.s.backend.open_session_connection()
+        self.s._install(conn)
+        self.own = conn
+        log.info("session %s has a connection of its own from now on (temp objects or connection settings)",
+                 self.state.process_id)
+
+    def _reader(self):
+        """A connection to read on: the session's own, or one from the pool (awaited)."""
+        return _ready(self.own) if self.own is not None else self.s.acquire_reader()
+
+    def _release_reader(self, conn: Connection) -> None:
+        if conn is not self.own:
+            self.s.release_reader(conn)
+
+    @property
+    def _private_schema(self) -> bool:
+        """This session may see tables others do not (its temp ones, or a transaction's own
+        schema change): the caches by SQL text shared by sessions do not apply."""
+        return self.schema_dirty or self.own is not None
+
+    async def _dispatch(self, request):
         if type(request) is Execute:
             return await self.execute(request)
         if type(request) is Describe:
@@ -383,32 +418,33 @@ class SchedulerService:
         if stmt.verb in TX_VERBS:
             return _NO_ROWS_INFO
         # A transaction that changed the schema sees statements its own way: no cache.
-        cached = None if self.schema_dirty else self.s.cached_info(stmt.sql)
+        cached = None if self._private_schema else self.s.cached_info(stmt.sql)
         if cached is not None:
             return cached
         if conn is None:
             conn = self.tx_conn
         if conn is not None:
             info = conn.info(stmt.sql)
-            if not self.schema_dirty:
+            if not self._private_schema:
                 self.s.remember_info(stmt.sql, info)
             return info
-        reader = await self.s.acquire_reader()
+        reader = await self._reader()
         try:
             info = reader.info(stmt.sql)
         finally:
-            self.s.release_reader(reader)
-        self.s.remember_info(stmt.sql, info)
+            self._release_reader(reader)
+        if not self._private_schema:
+            self.s.remember_info(stmt.sql, info)
         return info
 
     async def describe(self, stmt: Statement) -> DescribeResult:
         if self.failed and stmt.verb not in TX_VERBS:
             raise InFailedTransaction()
-        cached = None if self.schema_dirty else self.s.described.get(stmt.sql)
+        cached = None if self._private_schema else self.s.described.get(stmt.sql)
         if cached is not None:
             return cached
         result = await self._describe(stmt)
-        if not self.schema_dirty and len(stmt.sql) <= 8192:
+        if not self._private_schema and len(stmt.sql) <= 8192:
             if len(self.s.described) > 4096:
                 self.s.described.clear()
             self.s.described[stmt.sql] = result
@@ -425,7 +461,7 @@ class SchedulerService:
             conn = self.tx_conn
             reader = None
             if conn is None:
-                conn = reader = await self.s.acquire_reader()
+                conn = reader = await self._reader()
             try:
                 for n, hint in hints.items():
                     if not 0 < n <= len(decltypes):
@@ -448,7 +484,7 @@ class SchedulerService:
                         for col, hint in zip(info.columns, guesses)))
             finally:
                 if reader is not None:
-                    self.s.release_reader(reader)
+                    self._release_reader(reader)
         elif untyped:
             info = attrs.evolve(info, columns=tuple(
                 col if col.decltype or hint is None else Column(col.name, hint.decltype)
@@ -485,7 +521,7 @@ class SchedulerService:
         conn = self.tx_conn
         reader = None
         if conn is None:
-            conn = reader = await self.s.acquire_reader()
+            conn = reader = await self._reader()
         try:
             conn.guard(budget=self.s.inline_budget or 20, deadline=None, cancelled=None, context=self.state)
             try:
@@ -496,7 +532,7 @@ class SchedulerService:
                 conn.finish(handle)
         finally:
             if reader is not None:
-                self.s.release_reader(reader)
+                self._release_reader(reader)
         return rows[0] if rows else None
 
     async def execute(self, req: Execute):
@@ -510,8 +546,8 @@ class SchedulerService:
             return await self._execute_in_tx(stmt, req)
         if verb not in WRITE_VERBS:
             # Most likely a read: a reader tries it; SQLite tells, before running it, if it writes.
-            conn = await self.s.acquire_reader()
-            release = _releaser(self.s.release_reader, conn)
+            conn = await self._reader()
+            release = _releaser(self._release_reader, conn)
             try:
                 columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, True)
             except NeedsWriter:
@@ -526,7 +562,7 @@ class SchedulerService:
             raise NeedsWriter()
         if req.pipelined:
             return await self._begin_implicit(stmt, req)
-        if groupable(stmt) and self.s.group.running:
+        if groupable(stmt) and self.s.group.running and self.own is None:
             write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
             self.state.cancel_requested = False
             self.state.executing = True
@@ -538,7 +574,7 @@ class SchedulerService:
                                 write.last_rowid)
         # an autocommit write that runs alone: hold the writer for this statement only
         await self._lock_writer()
-        conn = self.s.backend.writer()
+        conn = self._writer_connection()
         release = _releaser(self._after_autocommit_write, conn)
         try:
             columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
@@ -567,8 +603,18 @@ class SchedulerService:
         if self.in_tx:
             await self._end_tx(how)
 
+    def _writer_connection(self) -> Connection:
+        """The connection to write on, the writer lock held: the session's own, or the writer."""
+        if self.own is None:
+            return self.s.backend.writer()
+        self.own.readonly = False
+        return self.own
+
     def _after_autocommit_write(self, conn: Connection) -> None:
-        conn.finish()
+        if conn is self.own:
+            conn.readonly = True  # its other portals read on; the statement's cursor is closed
+        else:
+            conn.finish()
         self.s.commit_seq += 1
         if conn.in_transaction():
             # The statement opened a transaction SQLite-side (e.g. a SAVEPOINT in a batch
@@ -580,6 +626,7 @@ class SchedulerService:
         self._unlock_writer()
 
     async def _execute_in_tx(self, stmt: Statement, req: Execute):
+        fresh = self.tx_conn is None
         try:
             conn = self.tx_conn
             if stmt.verb in WRITE_VERBS:
@@ -592,6 +639,17 @@ class SchedulerService:
             except NeedsWriter:
                 conn = await self._tx_writer_for(stmt)
                 columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
+        except NeedsOwnConnection:
+            if fresh:
+                # The transaction's first statement: it can start over on the session's own
+                # connection (nothing ran on the one it took).
+                await self._abandon_tx_conn()
+                raise
+            self._fail()
+            raise SqldError("a temporary object or connection setting cannot be the first of the session "
+                            "inside a transaction that already ran statements", sqlstate="25001",
+                            hint="Run it before BEGIN, or first in the transaction; the session keeps a "
+                            "connection of its own from then on.") from None
         except BaseException as exc:
             if isinstance(exc, Exception) and not isinstance(exc, NeedsWriter):
                 self._fail()
@@ -617,8 +675,20 @@ class SchedulerService:
         if conn is not None and not conn.readonly and not conn.in_transaction():
             self.tx_conn = None
             self.in_tx = self.read_only_tx = False
-            conn.finish()
+            if conn is self.own:
+                conn.readonly = True
+            else:
+                conn.finish()
             self._unlock_writer()
+
+    async def _abandon_tx_conn(self) -> None:
+        conn, self.tx_conn = self.tx_conn, None
+        if conn is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if conn.in_transaction():
+                await anyio.to_thread.run_sync(conn.run, "rollback", limiter=self.s.limiter)
+        self._give_back(conn)
 
     async def _tx_connection(self) -> Connection:
         """The transaction's connection for a read. A transaction starts on a reader at its
@@ -626,14 +696,14 @@ class SchedulerService:
         writer at its first write (``_tx_writer``)."""
         if self.tx_conn is not None:
             return self.tx_conn
-        conn = await self.s.acquire_reader()
+        conn = await self._reader()
         # Taken before the snapshot starts: a commit racing with it can only make the
         # upgrade check below fail safe (a spurious 40001), never miss a change.
         self.snapshot_seq = self.s.commit_seq
         try:
             conn.run("begin")
         except BaseException:
-            self.s.release_reader(conn)
+            self._release_reader(conn)
             raise
         self.tx_conn = conn
         return conn
@@ -656,12 +726,17 @@ class SchedulerService:
                     detail="Another session committed after this transaction's first read.",
                     hint="Retry the transaction, or start it with a write.",
                 )
+            if conn is self.own:
+                # The session's own connection goes on from its read to its write: SQLite
+                # upgrades the transaction (the check above made sure it can).
+                conn.readonly = False
+                return conn
             continues = getattr(self.s.backend, "begin_write_after", None)
             if continues is not None:
                 # Other processes write too (mvsqlite): the write continues the reader's snapshot,
                 # taken over before the reader lets it go (base.ContinuesSnapshots; issue 10, 4).
                 try:
-                    continues(conn, self.s.backend.writer())
+                    continues(conn, self._writer_connection())
                 except BaseException:
                     self._unlock_writer()
                     raise
@@ -673,18 +748,27 @@ class SchedulerService:
                 self.kept_readers.append(conn)
             else:
                 self.s.release_reader(conn)
-        writer = self.s.backend.writer()
+        writer = self._writer_connection()
         try:
             if not begun:
                 writer.run("begin immediate")
         except BaseException:
+            if writer is self.own:
+                writer.readonly = True
             self._unlock_writer()
             raise
         self.tx_conn = writer
         return writer
 
     def _give_back(self, conn: Connection) -> None:
-        if conn.readonly:
+        if conn is self.own:
+            if conn.readonly:
+                if conn.in_transaction():
+                    conn.run("rollback")  # a read transaction: end its snapshot
+            else:
+                conn.readonly = True
+                self._unlock_writer()
+        elif conn.readonly:
             self.s.release_reader(conn)
         else:
             conn.finish()
@@ -808,8 +892,15 @@ class SchedulerService:
                     await self._end_tx("rollback")
                 except Exception as exc:  # the session is gone; nothing to tell it
                     log.warning("rollback at disconnect failed: %s", exc)
+            own, self.own = self.own, None
+            if own is not None:
+                own.close()
             if self.on_close is not None:
                 self.on_close()
+
+
+async def _ready(value):
+    return value
 
 
 def _releaser(fn, conn):

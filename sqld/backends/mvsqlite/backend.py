@@ -22,7 +22,7 @@ from sqld.backends.libsql import LibsqlConnection
 from sqld.backends.mvsqlite import vfs as v
 from sqld.backends.mvsqlite.fdbport import VERSIONS_PER_SECOND, Database
 from sqld.backends.mvsqlite.pagestore import CommitFailed, PageStore, SnapshotTooOld
-from sqld.errors import SerializationFailure, SqldError
+from sqld.errors import FeatureNotSupported, SerializationFailure, SqldError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,10 @@ class MvsqliteBackend:
     def writer(self) -> MvsqliteConnection:
         assert self._writer is not None, "backend not open"
         return self._writer
+
+    def open_session_connection(self) -> MvsqliteConnection:
+        raise FeatureNotSupported("temporary objects and connection settings are not available on the mvsqlite "
+                                  "backend yet", hint="Use regular tables; connection settings are the server's flags.")
 
     def begin_write_after(self, reader: MvsqliteConnection, writer: MvsqliteConnection) -> None:
         """Begin the writer's transaction as the continuation of ``reader``'s open read
