@@ -33,7 +33,10 @@ def _timeout(ctx, param, value):
               "in FoundationDB, shared by several sqld processes; needs --fdb-cluster).")
 @click.option("--fdb-cluster", default=None, envvar="SQLD_FDB_CLUSTER", show_envvar=True, metavar="FILE",
               help="mvsqlite: the FoundationDB cluster file. 'simulator' runs an in-memory FoundationDB "
-              "inside this process instead (one process, nothing kept: for trying and testing).")
+              "inside this process instead (one process, nothing kept: for trying and testing); "
+              "'sim://127.0.0.1:PORT' uses the simulator served by `python -m "
+              "sqld.backends.mvsqlite.simulator --listen 127.0.0.1:PORT` (several sqld processes on one "
+              "database; for tests only: no authentication, loopback only, nothing kept).")
 @click.option("--database", "fdb_namespace", default="sqld", envvar="SQLD_DATABASE", show_envvar=True,
               metavar="NAME", help="mvsqlite: the namespace in the cluster; database D's pages are under "
               "the key prefix NAME/D/, so several deployments can share one cluster.")
@@ -261,6 +264,15 @@ def _mvsqlite_opener(config: Config):
 
         log.warning("mvsqlite on the in-process FoundationDB simulator: nothing outlives this process")
         fdb = SimDatabase()
+    elif config.fdb_cluster.startswith("sim://"):
+        from sqld.backends.mvsqlite.simnet import RemoteDatabase
+
+        try:
+            fdb = RemoteDatabase.from_url(config.fdb_cluster)
+        except ValueError as exc:
+            raise SqldError(f"--fdb-cluster: {exc}") from None
+        log.warning("mvsqlite on the FoundationDB simulator at %s: for tests only, nothing outlives it",
+                    config.fdb_cluster)
     else:
         from sqld.backends.mvsqlite.fdbreal import open_database
 

@@ -716,3 +716,11 @@ class SimTransaction:
 
     def cancel(self) -> None:
         self._cancelled = True
+
+
+if __name__ == "__main__":
+    # python -m sqld.backends.mvsqlite.simulator --listen 127.0.0.1:PORT: the simulator in a
+    # process of its own, for tests of several sqld processes (simnet.py).
+    from sqld.backends.mvsqlite.simnet import main
+
+    main()
