@@ -3,8 +3,8 @@
 # Three real sqld processes (tests/conftest.py's SqldProcess) share one database in one FDB
 # simulator process (simnet.py). Clients (psycopg, a thread each) run explicit transactions
 # on all three while the simulator injects 1020, 1021 (applied, not applied, or still in
-# flight), 1007, shared commit versions, and once stops answering past the transaction
-# timeout (1031); one sqld is killed with SIGKILL mid-run and started again. Each attempt
+# flight), 1007, shared commit versions (rare here: only when no read version came between),
+# and once stops answering past the transaction timeout (1031); one sqld is killed with SIGKILL mid-run and started again. Each attempt
 # ends "ok" (COMMIT answered), "fail" (an error before COMMIT, or 40001 at it: certainly
 # not committed) or "info" (no answer to COMMIT, or an error there that does not say the
 # commit failed: unknown; it may be present, never twice).
@@ -224,10 +224,11 @@ START = 1000
 def test_bank_across_processes_with_faults_and_kill(cluster):
     c = cluster()
     with psycopg.connect(c.dsn(0), autocommit=True) as conn:
-        conn.execute("create table accounts(id integer primary key, balance integer not null)")
+        # A row a page (the pad): transfers between other accounts commit side by side.
+        conn.execute("create table accounts(id integer primary key, balance integer not null, pad blob)")
         conn.execute("create table ledger(tid integer not null, src integer, dst integer, amount integer)")
         for i in range(ACCOUNTS):
-            conn.execute("insert into accounts values (%s, %s)", (i, START))
+            conn.execute("insert into accounts values (%s, %s, randomblob(3000))", (i, START))
     status: dict[int, str] = {}  # transfer id -> OK, INFO or FAIL (of its last attempt)
     audits = {"ok": 0, "bad": []}
     audit_lock = threading.Lock()
@@ -302,9 +303,10 @@ KEYS = 8
 def test_list_append_history_is_serializable_across_processes(cluster):
     c = cluster()
     with psycopg.connect(c.dsn(0), autocommit=True) as conn:
-        conn.execute("create table lists(k integer primary key, vals text not null)")
+        # A key a page (the pad), so that transactions on other keys commit side by side.
+        conn.execute("create table lists(k integer primary key, vals text not null, pad blob)")
         for k in range(KEYS):
-            conn.execute("insert into lists values (%s, '')", (k,))
+            conn.execute("insert into lists values (%s, '', randomblob(3000))", (k,))
     history: list[Txn] = []
     seq = itertools.count()
 
