@@ -155,8 +155,12 @@ class Clients:
             time.sleep(0.05)
 
 
-def run_transaction(conn, statements) -> str:
-    """BEGIN, ``statements(conn)``, COMMIT: OK, FAIL or INFO (see the module comment)."""
+_errors_lock = threading.Lock()
+
+
+def run_transaction(conn, statements, errors: collections.Counter) -> str:
+    """BEGIN, ``statements(conn)``, COMMIT: OK, FAIL or INFO (see the module comment);
+    ``errors`` counts what the client saw, by SQLSTATE and where."""
     at_commit = False
     try:
         conn.execute("begin")
@@ -166,6 +170,8 @@ def run_transaction(conn, statements) -> str:
         return OK
     except psycopg.Error as exc:
         state = getattr(exc, "sqlstate", None)
+        with _errors_lock:
+            errors[f"{state or 'no answer'} at {'commit' if at_commit else 'statement'}"] += 1
         if not (conn.closed or conn.broken):
             try:
                 conn.execute("rollback")
@@ -232,13 +238,14 @@ def test_bank_across_processes_with_faults_and_kill(cluster):
     status: dict[int, str] = {}  # transfer id -> OK, INFO or FAIL (of its last attempt)
     audits = {"ok": 0, "bad": []}
     audit_lock = threading.Lock()
+    errors: collections.Counter = collections.Counter()
     ids = itertools.count(1)
 
     def attempt(w, conn, rng):
         if rng.random() < 0.1:  # a read-only audit: one snapshot sees the whole total
             seen = []
             outcome = run_transaction(conn, lambda cn: seen.append(
-                cn.execute("select sum(balance) from accounts").fetchone()[0]))
+                cn.execute("select sum(balance) from accounts").fetchone()[0]), errors)
             if outcome == OK:
                 with audit_lock:
                     audits["ok"] += 1
@@ -257,7 +264,7 @@ def test_bank_across_processes_with_faults_and_kill(cluster):
             cn.execute("insert into ledger values (%s, %s, %s, %s)", (tid, src, dst, amount))
 
         for _ in range(5):  # retried on 40001 under the same transfer id
-            outcome = run_transaction(conn, transfer)
+            outcome = run_transaction(conn, transfer, errors)
             status[tid] = outcome
             if outcome != FAIL or conn.closed or conn.broken:
                 break
@@ -284,7 +291,7 @@ def test_bank_across_processes_with_faults_and_kill(cluster):
           f"({sum(1 for t in info if count[t])} present), {len(status) - len(ok) - len(info)} failed), "
           f"{audits['ok']} audits, outcomes {dict(clients.outcomes)}; total {sum(balances.values())} "
           f"(expected {START * ACCOUNTS}); lost {len(lost)}, applied twice {len(twice)}, failed but present "
-          f"{len(failed_present)}; kills {c.kills}; simulator {sim_stats}")
+          f"{len(failed_present)}; kills {c.kills}; errors {dict(errors)}; simulator {sim_stats}")
     assert sum(balances.values()) == START * ACCOUNTS, "the total changed: an update was lost or doubled"
     assert balances == expected, "the balances are not the ledger's sum"
     assert not lost and not twice and not failed_present, (lost, twice, failed_present)
@@ -309,6 +316,7 @@ def test_list_append_history_is_serializable_across_processes(cluster):
             conn.execute("insert into lists values (%s, '', randomblob(3000))", (k,))
     history: list[Txn] = []
     seq = itertools.count()
+    errors: collections.Counter = collections.Counter()
 
     def attempt(w, conn, rng):
         n = next(seq)
@@ -332,7 +340,7 @@ def test_list_append_history_is_serializable_across_processes(cluster):
                     (vals,) = cn.execute("select vals from lists where k = %s", (op.key,)).fetchone()
                     done.append(read(op.key, [int(v) for v in vals.split(",")[1:]]))
 
-        outcome = run_transaction(conn, statements)
+        outcome = run_transaction(conn, statements, errors)
         # Appends not sent count as sent (never read, harmless); reads not made stay None.
         recorded = done + [op for op in ops[len(done):] if op.f == "append"]
         history.append(Txn((w, n), outcome, recorded))
@@ -347,7 +355,7 @@ def test_list_append_history_is_serializable_across_processes(cluster):
     report = check(history, final)
     statuses = collections.Counter(t.status for t in history)
     print(f"\nFIGURES list-append: {len(history)} transactions ({dict(statuses)}); {report.summary()}; "
-          f"kills {c.kills}; simulator {sim_stats}")
+          f"kills {c.kills}; errors {dict(errors)}; simulator {sim_stats}")
     assert report.valid, report.summary()
     assert statuses[OK] >= 50, f"too few transactions committed to mean anything: {statuses[OK]}"
     assert sim_stats["injected_conflict"] and sim_stats["injected_unknown_result"] and sim_stats["timed_out"]

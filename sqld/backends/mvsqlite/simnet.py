@@ -333,8 +333,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 if request is None:
                     return
                 self.wfile.write(frame(self.server.answer(session, request)))
-        except (WireError, OSError) as exc:
+        except WireError as exc:
             log.warning("closing a connection from %s: %s", self.client_address, exc)
+        except OSError as exc:  # the client went away (a sqld killed: connection reset)
+            log.info("a connection from %s ended: %s", self.client_address, exc)
         finally:
             self.server.detach(session)
 
