@@ -265,12 +265,17 @@ def _mvsqlite_opener(config: Config):
         log.warning("mvsqlite on the in-process FoundationDB simulator: nothing outlives this process")
         fdb = SimDatabase()
     elif config.fdb_cluster.startswith("sim://"):
+        from sqld.backends.mvsqlite.fdbport import FDBError
         from sqld.backends.mvsqlite.simnet import RemoteDatabase
 
         try:
             fdb = RemoteDatabase.from_url(config.fdb_cluster)
+            fdb.ping()
         except ValueError as exc:
             raise SqldError(f"--fdb-cluster: {exc}") from None
+        except FDBError as exc:
+            raise SqldError(f"--fdb-cluster: {exc}; start it with `python -m sqld.backends.mvsqlite.simulator "
+                            f"--listen HOST:PORT`") from None
         log.warning("mvsqlite on the FoundationDB simulator at %s: for tests only, nothing outlives it",
                     config.fdb_cluster)
     else:

@@ -375,6 +375,12 @@ class RemoteDatabase:
             tx = self._next_id
         return RemoteTransaction(self, tx)
 
+    def ping(self) -> None:
+        """Connect once (FDBError 1031 if the simulator is not there)."""
+        conn = self._connect()
+        with self._lock:
+            self._idle.append(conn)
+
     # -- the simulator's test controls ------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
