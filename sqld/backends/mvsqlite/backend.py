@@ -21,7 +21,7 @@ from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
 from sqld.backends.mvsqlite import vfs as v
 from sqld.backends.mvsqlite.fdbport import VERSIONS_PER_SECOND, Database
-from sqld.backends.mvsqlite.pagestore import CommitFailed, PageStore, SnapshotTooOld
+from sqld.backends.mvsqlite.pagestore import CommitFailed, PageMissing, PageStore, SnapshotTooOld, StoreUnavailable
 from sqld.errors import FeatureNotSupported, SerializationFailure, SqldError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ def _as_sqld_error(why) -> SqldError:
     if isinstance(why, SnapshotTooOld):
         return SqldError(f"snapshot too old: {why}", sqlstate="72000",
                          hint="The transaction's snapshot is older than the page store keeps; start a new one.")
+    if isinstance(why, StoreUnavailable):
+        # The server lost its storage, as a client that loses its connection mid-COMMIT: 08006,
+        # and when it was a commit, the outcome is unknown (PostgreSQL's clients know that case).
+        return SqldError(f"lost FoundationDB: {why}", sqlstate="08006",
+                         hint="Check the cluster (fdbcli --exec status) and the cluster file; then retry"
+                              + (" after checking whether the transaction's changes are there." if why.unknown
+                                 else "."))
+    if isinstance(why, PageMissing):
+        return SqldError(f"the mvsqlite page store is damaged: {why}", sqlstate="XX001")
     code = getattr(why.error, "code", None) if isinstance(why, CommitFailed) else None
     if code == 1007:
         return SerializationFailure("the transaction is older than FoundationDB allows (5 s)",

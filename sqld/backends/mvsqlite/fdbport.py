@@ -40,11 +40,23 @@ NOT_COMMITTED = 1020
 COMMIT_UNKNOWN_RESULT = 1021
 TRANSACTION_CANCELLED = 1025
 TRANSACTION_TIMED_OUT = 1031
+PROCESS_BEHIND = 1037
+DATABASE_LOCKED = 1038
+CLUSTER_VERSION_CHANGED = 1039
+PROXY_MEMORY_LIMIT_EXCEEDED = 1042
+BATCH_TRANSACTION_THROTTLED = 1051
+GRV_PROXY_MEMORY_LIMIT_EXCEEDED = 1078
+TAG_THROTTLED = 1213
 TRANSACTION_TOO_LARGE = 2101
 KEY_TOO_LARGE = 2102
 VALUE_TOO_LARGE = 2103
 
-RETRYABLE = frozenset((TRANSACTION_TOO_OLD, FUTURE_VERSION, NOT_COMMITTED, COMMIT_UNKNOWN_RESULT))
+# What FDB's on_error retries (with backoff) besides conflicts and too-old reads: a loaded or
+# recovering cluster. A read that meets one is tried again at the same read version.
+TRANSIENT = frozenset((FUTURE_VERSION, PROCESS_BEHIND, DATABASE_LOCKED, CLUSTER_VERSION_CHANGED,
+                       PROXY_MEMORY_LIMIT_EXCEEDED, BATCH_TRANSACTION_THROTTLED,
+                       GRV_PROXY_MEMORY_LIMIT_EXCEEDED, TAG_THROTTLED))
+RETRYABLE = frozenset((TRANSACTION_TOO_OLD, NOT_COMMITTED, COMMIT_UNKNOWN_RESULT)) | TRANSIENT
 
 DESCRIPTIONS = {
     TRANSACTION_TOO_OLD: "transaction_too_old: Transaction is too old to perform reads or be committed",
@@ -53,6 +65,13 @@ DESCRIPTIONS = {
     COMMIT_UNKNOWN_RESULT: "commit_unknown_result: Transaction may or may not have committed",
     TRANSACTION_CANCELLED: "transaction_cancelled: Operation aborted because the transaction was cancelled",
     TRANSACTION_TIMED_OUT: "transaction_timed_out: Operation aborted because the transaction timed out",
+    PROCESS_BEHIND: "process_behind: Storage process does not have recent mutations",
+    DATABASE_LOCKED: "database_locked: Database is locked",
+    CLUSTER_VERSION_CHANGED: "cluster_version_changed: Cluster has been upgraded to a new protocol version",
+    PROXY_MEMORY_LIMIT_EXCEEDED: "proxy_memory_limit_exceeded: Commit proxy memory limit exceeded",
+    BATCH_TRANSACTION_THROTTLED: "batch_transaction_throttled: Batch GRV request rate limit exceeded",
+    GRV_PROXY_MEMORY_LIMIT_EXCEEDED: "grv_proxy_memory_limit_exceeded: GRV proxy memory limit exceeded",
+    TAG_THROTTLED: "tag_throttled: Transaction tag is being throttled",
     TRANSACTION_TOO_LARGE: "transaction_too_large: Transaction exceeds byte limit",
     KEY_TOO_LARGE: "key_too_large: Key length exceeds limit",
     VALUE_TOO_LARGE: "value_too_large: Value length exceeds limit",

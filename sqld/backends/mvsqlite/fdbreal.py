@@ -1,9 +1,12 @@
 """The port on a real FoundationDB cluster, through the ``fdb`` binding (API version 730).
 
 A thin adapter: each port call is one binding call, waited on; the binding's ``FDBError``
-becomes the port's, with the same code. ``RealDatabase.stats`` counts round trips as the
-simulator does (``reads``, ``commits``, ``grv``). Needs the binding (``pip install
-'sqld[mvsqlite]'``) and libfdb_c (FoundationDB's client package).
+becomes the port's, with the same code. Every transaction has a timeout (FDB's database
+option ``transaction_timeout``; FDB has none by default, and a client of a cluster that is
+down waits forever): past it FDB cancels the transaction and every call fails with 1031,
+which the page store reports as the cluster not answering. ``RealDatabase.stats`` counts
+round trips as the simulator does (``reads``, ``commits``, ``grv``). Needs the binding
+(``pip install 'sqld[mvsqlite]'``) and libfdb_c (FoundationDB's client package).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Any, Iterator
 from sqld.backends.mvsqlite.fdbport import FDBError
 
 API_VERSION = 730
+# Seconds a transaction may take, from its creation or reset (API >= 610: on_error does not
+# restart the clock, so a retry loop is bounded too). Above FDB's own 5 s read window, so a
+# slow cluster still answers 1007 first where that is the truth.
+DEFAULT_TIMEOUT = 8.0
 
 CLIENT_PACKAGE_HINT = (
     "install the FoundationDB client package (foundationdb-clients, from "
@@ -43,15 +50,18 @@ def _load_binding() -> Any:
     return fdb
 
 
-def open_database(cluster_file: str) -> RealDatabase:
-    """The database of the cluster that ``cluster_file`` (an fdb.cluster file) names."""
+def open_database(cluster_file: str, timeout: float = DEFAULT_TIMEOUT) -> RealDatabase:
+    """The database of the cluster that ``cluster_file`` (an fdb.cluster file) names; every
+    transaction times out (1031) after ``timeout`` seconds."""
     if not os.path.isfile(cluster_file):
         raise RuntimeError(
             f"FoundationDB cluster file {cluster_file!r} does not exist: pass the path of the "
             "cluster's fdb.cluster (a FoundationDB install has /etc/foundationdb/fdb.cluster)")
     fdb = _load_binding()
     with _translated(fdb):
-        return RealDatabase(fdb.open(cluster_file), fdb)
+        db = fdb.open(cluster_file)
+        db.options.set_transaction_timeout(int(timeout * 1000))  # milliseconds
+    return RealDatabase(db, fdb, description=f"FoundationDB (cluster file {cluster_file})", timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -71,9 +81,11 @@ def _translated(fdb: Any) -> Iterator[None]:
 class RealDatabase:
     """A FoundationDB database (the port's ``Database``)."""
 
-    def __init__(self, db: Any, fdb: Any) -> None:
+    def __init__(self, db: Any, fdb: Any, description: str = "FoundationDB", timeout: float | None = None) -> None:
         self._db = db
         self._fdb = fdb
+        self.description = description  # how errors name the cluster (page store messages)
+        self.transaction_timeout = timeout
         self._lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(("grv", "reads", "commits", "retries"), 0)
 

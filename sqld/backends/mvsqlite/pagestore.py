@@ -12,6 +12,7 @@ Key layout under a database's prefix ``P`` (docs/mvsqlite.md says why):
 * ``P l <versionstamp>``            → the change log: which pages that commit changed (and
   its commit id), so a process-wide cache of page → hash stays valid across transactions
 * ``P x <commit id>``               → a commit's idempotence marker (``commit_unknown_result``)
+* ``P a <time u64> <commit id>``    → a marker written ``aborted`` (a fence), so GC finds it
 * ``P s <commit id> <sha-256>``     → contents staged for a large commit not made yet
 * ``P w``                          → written by every commit (GC of contents conflicts with it)
 * ``P g``                          → the GC horizon: no snapshot older may read
@@ -47,6 +48,16 @@ RESYNC_VERSIONS = 60 * f.VERSIONS_PER_SECOND  # a cache this far behind starts o
 EVERYTHING = b"*"  # a change-log entry of a commit too large to list its pages: all changed
 LIST_LIMIT = 20_000  # pages a change-log entry lists at most (4 bytes each, under FDB's value limit)
 STAGING_TTL = 3600  # seconds GC keeps contents staged for a commit that has not come (yet)
+FENCE_TTL = 3600  # seconds GC keeps an "aborted" marker (its commit was dead 5 s after it began)
+GC_CHUNK_KEYS = 2_000  # keys one GC transaction reads at most (far inside FDB's 5 s)
+GC_CHUNK_BYTES = 2_000_000  # bytes of page contents one GC transaction reads at most
+# The change log (and the markers named in it) outlives the horizon by this much: a page cache
+# up to RESYNC_VERSIONS behind reads the log since its version, and a 1021 is resolved within
+# seconds by reading its marker.
+LOG_MARGIN = RESYNC_VERSIONS + 10 * f.VERSIONS_PER_SECOND
+READ_ATTEMPTS = 10  # tries of one read that meets FDB's transient errors (1009, 1037, 1213, …)
+PENDING_BYTE = 0x40000000  # SQLite never writes (nor reads) the page holding this offset
+MAYBE_COMMITTED = frozenset((f.COMMIT_UNKNOWN_RESULT, f.CLUSTER_VERSION_CHANGED, f.TRANSACTION_TIMED_OUT))
 
 
 def vs_bound(version: int) -> bytes:
@@ -60,6 +71,39 @@ def version_of(versionstamp: bytes) -> int:
 
 class SnapshotTooOld(Exception):
     """The snapshot is older than the GC horizon: its pages may be gone."""
+
+
+class PageMissing(Exception):
+    """A page inside the database has no version at the snapshot: the store is damaged (never
+    a page of zeros, which SQLite would take for real content)."""
+
+
+class StoreUnavailable(Exception):
+    """FoundationDB did not answer within the transaction timeout (1031), or kept failing with
+    a transient error: the statement cannot go on. ``unknown``: it happened during a commit
+    whose outcome could not be settled, so the commit may have happened (or may still)."""
+
+    def __init__(self, message: str, error: FDBError | None = None, unknown: bool = False) -> None:
+        super().__init__(message)
+        self.error = error
+        self.unknown = unknown
+
+
+def describe(db) -> str:
+    """How messages name the cluster (the real adapter names its cluster file)."""
+    return getattr(db, "description", None) or "FoundationDB"
+
+
+def unavailable(db, exc: FDBError, unknown: bool = False) -> StoreUnavailable:
+    if exc.code == f.TRANSACTION_TIMED_OUT:
+        timeout = getattr(db, "transaction_timeout", None)
+        within = f" within {timeout:g} s" if timeout else ""
+        why = f"{describe(db)} did not answer{within} (transaction_timed_out, 1031): is the cluster up and reachable?"
+    else:
+        why = f"{describe(db)} kept failing with {exc}: the cluster is overloaded or recovering"
+    if unknown:
+        why += "; whether the commit happened is unknown"
+    return StoreUnavailable(why, exc, unknown)
 
 
 class CommitFailed(Exception):
@@ -226,7 +270,9 @@ class PageStore:
     # -- plumbing ---------------------------------------------------------------------------
 
     def run(self, fn, attempts: int = 20):
-        """Run ``fn(tr)`` in a transaction, retrying FDB's retryable errors."""
+        """Run ``fn(tr)`` in a transaction, retrying FDB's retryable errors (bounded: FDB's
+        transaction timeout is not reset by on_error, and ``attempts``). A cluster that does
+        not answer is StoreUnavailable."""
         tr = self.db.create_transaction()
         for _ in range(attempts):
             try:
@@ -235,7 +281,12 @@ class PageStore:
                 self.stats.commits += 1
                 return result
             except FDBError as exc:
-                tr.on_error(exc)
+                try:
+                    tr.on_error(exc)
+                except FDBError as final:
+                    if final.code == f.TRANSACTION_TIMED_OUT:
+                        raise unavailable(self.db, final) from None
+                    raise
         raise FDBError(f.NOT_COMMITTED, "gave up after repeated conflicts")
 
     def _meta(self, page_size: int) -> tuple[int, bytes]:
@@ -278,55 +329,224 @@ class PageStore:
         return self.prefix + b"w"
 
     def gc(self, horizon: int) -> dict:
-        """Drop what no snapshot at or after ``horizon`` can read: page versions replaced at
-        or before it and change-log entries up to it (both safe beside concurrent commits,
-        which only add newer keys); then page contents no index entry names, in one FDB
-        transaction that conflicts with any commit since its scan began (every commit writes
-        ``P w``), so a content a concurrent commit references is never dropped."""
-        removed = {"versions": 0, "log": 0, "contents": 0}
-        self.run(lambda tr: tr.set(self.k_horizon(), _VERSION.pack(horizon)))
+        """Drop what no snapshot at or after ``horizon`` can read, in FDB transactions that each
+        read at most GC_CHUNK_KEYS keys or GC_CHUNK_BYTES bytes (any database size fits FDB's
+        5 s and 10 MB) and that do not conflict with ordinary commits:
+
+        1. the horizon ``P g`` rises to ``horizon`` (never falls: another collector's higher
+           one stays, and is used); a pinned snapshot reads it in the transaction that reads
+           its pages, so none reads below it after anything here is gone;
+        2. page versions replaced at or before it (the newest at or below it stays); the
+           hashes of the rest are marked as referenced;
+        3. change-log entries and their commits' markers (``P x``) up to LOG_MARGIN before
+           it, and "aborted" markers older than FENCE_TTL;
+        4. page contents nothing references: swept in chunks, each transaction first reading
+           the change log since the previous one (the pages those commits wrote, and staging
+           records) and adding a read-conflict range on every content it clears. A commit
+           that references a content writes its key (or stages it), so a commit landing
+           after the chunk's read version makes the chunk conflict and retry; one before it
+           is in what the chunk read. No content a commit names is ever dropped.
+
+        Returns counts; ``complete`` is False when the content sweep gave up this round (a
+        commit too large to list its pages, or too many conflicts): the next round redoes it.
+        """
+        removed = {"versions": 0, "log": 0, "markers": 0, "fences": 0, "staging": 0, "contents": 0,
+                   "transactions": 0, "complete": True}
+        P = self.prefix
+        pack = _VERSION.pack
+
+        def raise_horizon(tr):
+            raw = tr.get(self.k_horizon())  # not a snapshot read: two collectors conflict
+            current = _VERSION.unpack(raw)[0] if raw else 0
+            if horizon > current:
+                tr.set(self.k_horizon(), pack(horizon))
+            return max(current, horizon), tr.get_read_version()
+
+        horizon, now = self.run(raise_horizon)
+        removed["transactions"] += 1
+        referenced: set[bytes] = set()
+        mark_from = self._gc_versions(horizon, referenced, removed)
+        log_horizon = min(horizon, now - LOG_MARGIN)
+        if log_horizon > 0:
+            self._gc_log(log_horizon, removed)
+        self._gc_fences(int(time.time()) - FENCE_TTL, removed)
+        self._gc_contents(mark_from, referenced, removed)
+        return removed
+
+    def _gc_versions(self, horizon: int, referenced: set, removed: dict) -> int:
+        """Step 2; returns the read version of its first transaction (the mark begins there)."""
         start, end = self.prefix + b"i", self.prefix + b"j"
+        mark_from = 0
+        page, pending = None, None  # the newest entry at or below the horizon of ``page`` seen
+
+        def keep(entry):
+            if entry is not None and entry[1]:
+                referenced.add(entry[1])
+
         while True:
-            rows = self.run(lambda tr, start=start: list(tr.get_range(start, end, limit=5000, snapshot=True)))
+            def chunk(tr, start=start):
+                rows = tr.get_range(start, end, limit=GC_CHUNK_KEYS, snapshot=True)
+                return rows, tr.get_read_version()
+
+            rows, rv = self.run(lambda tr: chunk(tr))
+            removed["transactions"] += 1
+            mark_from = mark_from or rv
             if not rows:
                 break
-            by_page: dict[bytes, list[bytes]] = {}
-            for k, _ in rows:
+            doomed = []
+            for k, h in rows:
+                if k[:-10] != page:
+                    keep(pending)
+                    page, pending = k[:-10], None
                 if version_of(k[-10:]) <= horizon:
-                    by_page.setdefault(k[:-10], []).append(k)
-            doomed = [k for keys in by_page.values() for k in keys[:-1]]  # all but the newest ≤ horizon
+                    if pending is not None:
+                        doomed.append(pending[0])  # replaced at or before the horizon
+                    pending = (k, h)
+                else:
+                    keep(pending)
+                    pending = None
+                    keep((k, h))
             if doomed:
                 def clear(tr, doomed=doomed):
                     for k in doomed:
                         tr.clear(k)
                 self.run(clear)
+                removed["transactions"] += 1
                 removed["versions"] += len(doomed)
             start = rows[-1][0] + b"\x00"
+        keep(pending)
+        return mark_from
 
-        def drop_log(tr):
-            n = len(tr.get_range(self.k_log(), self.k_log() + vs_bound(horizon), snapshot=True))
-            tr.clear_range(self.k_log(), self.k_log() + vs_bound(horizon))
-            return n
+    def _gc_log(self, log_horizon: int, removed: dict) -> None:
+        """Step 3: change-log entries up to ``log_horizon`` and their commits' markers."""
+        end = self.k_log() + vs_bound(log_horizon)
+        while True:
+            def chunk(tr):
+                rows = tr.get_range(self.k_log(), end, limit=GC_CHUNK_KEYS, snapshot=True)
+                for k, v in rows:
+                    tr.clear(self.k_marker(v[:16]))  # its commit is long settled
+                if rows:
+                    tr.clear_range(self.k_log(), rows[-1][0] + b"\x00")
+                return len(rows)
 
-        removed["log"] = self.run(drop_log)
+            n = self.run(chunk)
+            removed["transactions"] += 1
+            removed["log"] += n
+            removed["markers"] += n
+            if n < GC_CHUNK_KEYS:
+                return
 
-        def drop_contents(tr):
-            tr.get(self.k_written())  # any commit after this read version: conflict, retry
-            referenced = {v for _, v in tr.get_range(self.prefix + b"i", self.prefix + b"j", snapshot=True)}
-            old = int(time.time()) - STAGING_TTL
-            for k, stamp in tr.get_range(self.prefix + b"s", self.prefix + b"t", snapshot=True):
-                if _VERSION.unpack(stamp)[0] >= old:
+    def _gc_fences(self, before: int, removed: dict) -> None:
+        """Step 3: "aborted" markers written before ``before`` (Unix seconds)."""
+        begin, end = self.prefix + b"a", self.prefix + b"a" + _VERSION.pack(before)
+        while True:
+            def chunk(tr):
+                rows = tr.get_range(begin, end, limit=GC_CHUNK_KEYS, snapshot=True)
+                for k, _ in rows:
+                    tr.clear(self.k_marker(k[len(begin) + 8:]))
+                    tr.clear(k)
+                return len(rows)
+
+            n = self.run(chunk)
+            removed["transactions"] += 1
+            removed["fences"] += n
+            if n < GC_CHUNK_KEYS:
+                return
+
+    def _gc_contents(self, mark_from: int, referenced: set, removed: dict) -> None:
+        """Step 4 (see ``gc``): sweep contents in chunks, the change log replayed since
+        ``mark_from`` so that what commits referenced meanwhile is kept."""
+        st = self
+        replayed = self.k_log() + vs_bound(mark_from)  # the first log key the mark's first read did not see
+        cursor, end = self.prefix + b"c", self.prefix + b"d"
+        per_chunk = max(1, GC_CHUNK_BYTES // (self.page_size + 40))
+        old_staging = int(time.time()) - STAGING_TTL
+
+        class GiveUp(Exception):
+            pass
+
+        def replay(tr) -> bool:
+            """Read the log from ``replayed`` on, marking what those commits wrote; True once
+            it reached the end (as of this transaction's read version) within the budget."""
+            nonlocal replayed
+            budget = GC_CHUNK_KEYS
+            while budget > 0:
+                rows = tr.get_range(replayed, st.k_log() + b"\xff", limit=min(budget, 500), snapshot=True)
+                if not rows:
+                    return True
+                for k, v in rows:
+                    pages = _decode_pages(v)
+                    if pages is None:
+                        raise GiveUp()  # too large to list: no cheap way to know what it wrote
+                    stamp = k[-10:]
+                    for pgno in pages:
+                        h = tr.get(st.k_index(pgno) + stamp, snapshot=True)
+                        if h:
+                            referenced.add(h)
+                    budget -= 1 + len(pages)
+                    replayed = k + b"\x00"
+                    if budget <= 0:
+                        break
+            return False
+
+        def chunk(tr):
+            raw = tr.get(st.k_horizon(), snapshot=True)
+            if raw and _VERSION.unpack(raw)[0] > mark_from:
+                # Another collector's horizon passed this round's start: it may have dropped
+                # log entries the replay still needs. Start over next round.
+                raise GiveUp()
+            if not replay(tr):
+                return None  # caught up next time, in a transaction of its own
+            staged = tr.get_range(st.prefix + b"s", st.prefix + b"t", limit=GC_CHUNK_KEYS, snapshot=True)
+            if len(staged) >= GC_CHUNK_KEYS:
+                raise GiveUp()  # more staging in progress than one transaction can check
+            for k, stamp in staged:
+                if _VERSION.unpack(stamp)[0] >= old_staging:
                     referenced.add(k[-32:])  # staged for a commit that may still come
                 else:
                     tr.clear(k)  # a large commit that never came
-            unused = [k for k, _ in tr.get_range(self.prefix + b"c", self.prefix + b"d", snapshot=True)
-                      if k[len(self.prefix) + 1 :] not in referenced]
+                    removed["staging"] += 1
+            rows = tr.get_range(cursor, end, limit=per_chunk, snapshot=True)
+            unused = [k for k, _ in rows if k[len(st.prefix) + 1:] not in referenced]
             for k in unused:
+                # A commit naming this content writes this key (or stages it): if one lands
+                # after this read version, this transaction conflicts and the chunk is redone.
+                tr.add_read_conflict_range(k, k + b"\x00")
                 tr.clear(k)
-            return len(unused)
+            return rows, len(unused)
 
-        removed["contents"] = self.run(drop_contents, attempts=100)
-        return removed
+        tr = self.db.create_transaction()
+        failures = 0
+        while True:
+            try:
+                got = chunk(tr)
+                tr.commit()
+                self.stats.commits += 1
+                removed["transactions"] += 1
+            except GiveUp:
+                removed["complete"] = False
+                return
+            except FDBError as exc:
+                failures += 1
+                if failures > 100:
+                    removed["complete"] = False
+                    return
+                try:
+                    tr.on_error(exc)
+                except FDBError as final:
+                    if final.code == f.TRANSACTION_TIMED_OUT:
+                        raise unavailable(self.db, final) from None
+                    raise
+                continue
+            tr.reset()  # a fresh transaction (and timeout) for the next chunk
+            failures = 0
+            if got is None:
+                continue
+            rows, n = got
+            removed["contents"] += n
+            if len(rows) < per_chunk:
+                return
+            cursor = rows[-1][0] + b"\x00"
 
 
 class Snapshot:
@@ -338,14 +558,20 @@ class Snapshot:
     passed it. A view with writes that grows too old cannot commit (1007).
     """
 
-    def __init__(self, store: PageStore, pinned: int | None = None) -> None:
+    def __init__(self, store: PageStore, pinned: int | None = None, tr=None, horizon_read: bool = False) -> None:
         self.store = store
-        self.tr = store.db.create_transaction()
+        self.tr = tr if tr is not None else store.db.create_transaction()
         self.pinned = pinned
         self.version: int | None = pinned
         self.read_pages: set[int] = set()
         self.hashes: dict[int, bytes] = {}  # pages read: their hash at this snapshot
         self.dirty: dict[int, bytes] = {}  # b"": cut off by a truncate
+        # A pinned view reads at the FDB transaction's own (newer) read version, bounded at
+        # its version: the GC horizon must be read in that same transaction, before any of
+        # its pages (issue 10, defect 6). The transaction that did (``horizon_read``: the
+        # caller read it in ``tr`` and found it at or below ``pinned``):
+        self._checked = self.tr if horizon_read else None
+        self._stored_size: int | None = None  # pages, as page 1 in the store says at this version
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -353,7 +579,7 @@ class Snapshot:
         if self.version is not None:
             return self.version
         st = self.store
-        rv = self.tr.get_read_version()
+        rv = self._read(lambda tr: tr.get_read_version(), counted=False)
         st.stats.grv += 1
         self.version = rv
         cache = st.cache
@@ -370,27 +596,61 @@ class Snapshot:
                 cache.advance(rv, [(version_of(k[-10:]), _decode_pages(v)) for k, v in rows])
         return rv
 
-    def _read(self, fn):
+    def _read(self, fn, counted: bool = True):
+        """``fn(self.tr)``, through what FDB may answer: a read-only view past FDB's 5 s (1007)
+        or past the transaction timeout (1031, counted from the transaction's start) reads on
+        at its version in a fresh transaction; transient errors (1009, 1037, 1213, …) are
+        retried at the same read version with the same conflict ranges, a few times; a fresh
+        transaction that times out, or a transient error that does not pass, is
+        StoreUnavailable."""
         st = self.store
+        fresh = False  # self.tr was made for this read: a timeout is the cluster's, not age
+        transient = 0
         while True:
             try:
-                st.stats.reads += 1
+                if self.pinned is not None and self._checked is not self.tr:
+                    self._check_horizon()
+                if counted:
+                    st.stats.reads += 1
                 return fn(self.tr)
             except FDBError as exc:
-                if exc.code != f.TRANSACTION_TOO_OLD or self.dirty or self.version is None:
-                    raise
-                # A read-only view past FDB's window: read on at the same version.
-                self._check_horizon()
-                self.tr = st.db.create_transaction()
-                self.pinned = self.version
+                code = exc.code
+                if (code == f.TRANSACTION_TOO_OLD or (code == f.TRANSACTION_TIMED_OUT and not fresh)) \
+                        and not self.dirty and self.version is not None:
+                    # A read-only view past FDB's window: read on at the same version.
+                    self.tr = st.db.create_transaction()
+                    self.pinned = self.version
+                    fresh = code == f.TRANSACTION_TIMED_OUT
+                    continue
+                if code in f.TRANSIENT and transient < READ_ATTEMPTS:
+                    transient += 1
+                    self._retry(exc)
+                    continue
+                if code == f.TRANSACTION_TIMED_OUT or code in f.TRANSIENT:
+                    raise unavailable(st.db, exc) from None
+                raise
+
+    def _retry(self, exc: FDBError) -> None:
+        """FDB's on_error (its backoff), then the same read version and read conflicts again."""
+        try:
+            self.tr.on_error(exc)
+        except FDBError as final:
+            raise unavailable(self.store.db, final) from None
+        self._checked = None
+        if self.pinned is None and self.version is not None:
+            self.tr.set_read_version(self.version)
+            st = self.store
+            for pgno in self.read_pages:
+                self.tr.add_read_conflict_range(st.k_index(pgno), st.k_index(pgno + 1))
 
     def _check_horizon(self) -> None:
         st = self.store
-        tr = st.db.create_transaction()
-        raw = tr.get(st.k_horizon())
+        raw = self.tr.get(st.k_horizon(), snapshot=True)
         st.stats.reads += 1
         if raw is not None and _VERSION.unpack(raw)[0] > (self.version or 0):
-            raise SnapshotTooOld(f"snapshot at version {self.version} is older than the GC horizon")
+            raise SnapshotTooOld(f"snapshot at version {self.version} is older than the GC horizon "
+                                 f"({_VERSION.unpack(raw)[0]}): its pages may be collected")
+        self._checked = self.tr
 
     @property
     def last_change(self) -> int:
@@ -399,9 +659,13 @@ class Snapshot:
         return self.store.cache.last_change_at(at) if self.pinned is None else at
 
     def read_page(self, pgno: int) -> bytes:
-        """Page ``pgno`` as this transaction sees it (its own writes first); zeros if none."""
+        """Page ``pgno`` as this transaction sees it (its own writes first); zeros for a page
+        the database does not have (past its end, or cut off)."""
         if pgno in self.dirty:
             return self.dirty[pgno] or self.store.zero
+        return self._stored_page(pgno)
+
+    def _stored_page(self, pgno: int) -> bytes:
         at = self._begin()
         st = self.store
         h = self.hashes.get(pgno)
@@ -417,8 +681,11 @@ class Snapshot:
                     k, h = rows[0]
                     if self.pinned is None:
                         st.cache.remember(pgno, h, version_of(k[-10:]), at)
+                elif pgno == 1 or pgno > self._stored_pages() or pgno == PENDING_BYTE // st.page_size + 1:
+                    h = b""  # no database yet at this version, or past its end
                 else:
-                    h = b""
+                    raise PageMissing(f"page {pgno} of {self._stored_pages()} has no version at or below "
+                                      f"{at} in the page store (damaged?)")
             self.hashes[pgno] = h
         if pgno not in self.read_pages:
             self.read_pages.add(pgno)
@@ -430,11 +697,18 @@ class Snapshot:
         if data is None:
             data = self._read(lambda tr: tr.get(st.k_content(h), snapshot=True))
             if data is None:
-                raise SnapshotTooOld(f"page {pgno}'s content is gone (collected?)")
+                raise PageMissing(f"page {pgno}'s content {h.hex()[:16]} is not in the page store (damaged?)")
             st.cache.keep(h, data)
         else:
             st.stats.cache_hits += 1
         return data
+
+    def _stored_pages(self) -> int:
+        """The database size at this version as stored (not this transaction's writes)."""
+        if self._stored_size is None:
+            page1 = self._stored_page(1)
+            self._stored_size = 0 if page1 == self.store.zero else _PGNO.unpack_from(page1, 28)[0]
+        return self._stored_size
 
     def note_read(self, pages) -> None:
         """Pages this transaction may have read without asking the store (SQLite served them
@@ -491,7 +765,10 @@ class Snapshot:
         staged: list[bytes] = []
         commit_id = os.urandom(16)
         if sum(len(d) for d in contents.values()) > SINGLE_PHASE_LIMIT:
-            self._stage(contents, commit_id)  # phase one: content in small transactions, invisible
+            try:
+                self._stage(contents, commit_id)  # phase one: content in small transactions, invisible
+            except FDBError as exc:  # nothing names what was staged: the commit did not happen
+                raise CommitFailed(str(exc), exc, retryable=exc.retryable) from None
             staged = list(contents)
             contents = {}
         try:
@@ -514,14 +791,20 @@ class Snapshot:
             st.stats.commits += 1
         except FDBError as exc:
             st.stats.commits += 1
-            if exc.code == f.COMMIT_UNKNOWN_RESULT:
-                version = self._resolve_unknown(commit_id)
+            if exc.code in MAYBE_COMMITTED:
+                # 1021, 1039 (FDB's maybe_committed), or a timeout that may have cut the answer
+                # off: the marker says whether it happened, and fences it if not.
+                try:
+                    version = self._resolve_unknown(commit_id)
+                except FDBError as again:
+                    raise unavailable(st.db, again, unknown=True) from None
+                except StoreUnavailable as again:
+                    raise unavailable(st.db, again.error, unknown=True) from None
                 if version is not None:
                     self._committed(changes, contents, version)
                     return version
-                raise CommitFailed("the commit did not happen (FoundationDB: commit_unknown_result, resolved)",
-                                   exc) from None
-            if exc.code in (f.NOT_COMMITTED, f.TRANSACTION_TOO_OLD, f.FUTURE_VERSION):
+                raise CommitFailed(f"the commit did not happen (FoundationDB: {exc}, resolved)", exc) from None
+            if exc.code in f.RETRYABLE:  # a conflict, too old, or a transient error: not committed
                 raise CommitFailed(str(exc), exc) from None
             raise CommitFailed(str(exc), exc, retryable=False) from None
         version = tr.get_committed_version()
@@ -583,6 +866,8 @@ class Snapshot:
                             return version_of(k[-10:])
                     return tr.get_read_version()
                 tr.set(marker, b"aborted")
+                # Indexed by time, so GC finds fences (committed markers go with the log).
+                tr.set(st.prefix + b"a" + _VERSION.pack(int(time.time())) + commit_id, b"")
                 tr.commit()
                 st.stats.commits += 1
                 return None

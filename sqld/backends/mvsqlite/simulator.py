@@ -14,7 +14,9 @@ with 1020, nothing applied), ``unknown_result`` (commit fails with 1021, applied
 odds), ``in_flight`` (1021 while the commit is still on its way: it lands or conflicts at a
 later commit), ``too_old`` (a read fails with 1007), ``batch`` (a commit shares the commit
 version of the one before, as one proxy batch does). ``hang()`` makes the cluster stop
-answering (calls wait for ``transaction_timeout``, then 1031). ``SimDatabase.stats`` counts
+answering (calls wait for ``transaction_timeout``, then 1031). ``read_limit`` bounds the bytes
+one transaction reads (then 1007, as a scan longer than FDB's 5 s gets), ``fail_reads(code)``
+fails the next reads with a code (1037, 1213, …). ``SimDatabase.stats`` counts
 round trips (``reads``, ``commits``, ``grv``) and errors, per kind.
 
 Thread-safe: one lock guards the database; a transaction belongs to one thread at a time.
@@ -83,6 +85,8 @@ STAT_KEYS = (
     "in_flight_dropped",  # and the ones that later conflicted (a fence) or grew too old
     "batched",  # commits that shared the commit version of the one before
     "timed_out",  # 1031 after waiting for a cluster that did not answer
+    "over_read_limit",  # 1007 for a transaction that read more than read_limit bytes
+    "injected_read_error",  # fail_reads()
 )
 
 
@@ -143,9 +147,14 @@ class SimDatabase:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, seed: int | None = None,
                  faults: Faults | Mapping[str, float] | None = None, backoff: bool = True,
                  conflict: float | None = None, unknown_result: float | None = None,
-                 too_old: float | None = None, transaction_timeout: float | None = None) -> None:
+                 too_old: float | None = None, transaction_timeout: float | None = None,
+                 read_limit: int | None = None) -> None:
         self._lock = threading.Lock()
         self.transaction_timeout = transaction_timeout
+        # Bytes (keys and values) one transaction may read: past it, 1007, as a real cluster
+        # answers a transaction whose reads took longer than its 5 s (None: no limit).
+        self.read_limit = read_limit
+        self._read_errors: list[int] = []  # fail_reads(): codes the next reads fail with
         self._answering = threading.Condition()
         self._down = False  # hang(): the cluster does not answer
         self._order = 0  # the order (2 bytes of the versionstamp) of the last commit in its batch
@@ -191,6 +200,11 @@ class SimDatabase:
         """The version a read version obtained now would get."""
         with self._lock:
             return self._now()
+
+    def fail_reads(self, code: int, count: int = 1) -> None:
+        """The next ``count`` reads (of any transaction) fail with ``code`` (e.g. 1037)."""
+        with self._lock:
+            self._read_errors.extend([code] * count)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -439,6 +453,7 @@ class SimTransaction:
 
     def _clear_state(self) -> None:
         self._read_version: int | None = None
+        self._read_bytes = 0
         self._cancelled = False
         self._commit_started = False
         self._committed_version = -1
@@ -478,7 +493,18 @@ class SimTransaction:
             if db._roll(db.faults.too_old):
                 db.stats["injected_too_old"] += 1
                 raise FDBError(TRANSACTION_TOO_OLD)
+            if db._read_errors:
+                db.stats["injected_read_error"] += 1
+                raise FDBError(db._read_errors.pop(0))
         return rv
+
+    def _charge(self, nbytes: int) -> None:
+        """Count bytes read against ``read_limit``."""
+        self._read_bytes += nbytes
+        limit = self._db.read_limit
+        if limit is not None and self._read_bytes > limit:
+            self._db._count("over_read_limit")
+            raise FDBError(TRANSACTION_TOO_OLD)
 
     def _covered(self, key: bytes) -> bool:
         """Whether one of this transaction's clear ranges covers ``key``."""
@@ -506,7 +532,9 @@ class SimTransaction:
         if not snapshot:
             self._read_ranges.append((key, key_after(key)))
         with self._db._lock:
-            return self._db._value_at(key, rv)
+            value = self._db._value_at(key, rv)
+        self._charge(len(key) + len(value or b""))
+        return value
 
     def get_range(self, begin: bytes, end: bytes, limit: int = 0, reverse: bool = False,
                   snapshot: bool = False) -> list[tuple[bytes, bytes]]:
@@ -521,6 +549,7 @@ class SimTransaction:
                 out.append(kv)
                 if limit and len(out) >= limit:
                     break
+        self._charge(sum(len(k) + len(v) for k, v in out))
         if not snapshot:
             # A read cut short by its limit conflicts only on the part it read.
             if limit and len(out) >= limit:

@@ -27,13 +27,14 @@ import threading
 
 import apsw
 
-from sqld.backends.mvsqlite.pagestore import CommitFailed, PageStore, Snapshot, SnapshotTooOld
+from sqld.backends.mvsqlite.pagestore import (CommitFailed, PageMissing, PageStore, Snapshot, SnapshotTooOld,
+                                               StoreUnavailable)
 
 _U32 = struct.Struct(">I")
 _local = threading.local()
 
 
-def last_commit_error() -> CommitFailed | SnapshotTooOld | None:
+def last_commit_error() -> CommitFailed | SnapshotTooOld | StoreUnavailable | PageMissing | None:
     """Why this thread's last failed SQLite call failed in the page store, if it did."""
     return getattr(_local, "error", None)
 
@@ -243,6 +244,11 @@ class PageFile:
 
 def _failed(exc: Exception) -> apsw.IOError:
     """Remember why (for the connection to tell the client), and answer SQLite an I/O error."""
-    _local.error = exc if isinstance(exc, (SnapshotTooOld, CommitFailed)) else CommitFailed(
+    previous = getattr(_local, "error", None)
+    if isinstance(previous, StoreUnavailable) and previous.unknown:
+        # SQLite's rollback after a commit whose outcome is unknown meets the same dead
+        # cluster: the client must hear about the commit, not about the rollback's read.
+        return apsw.IOError(str(exc))
+    _local.error = exc if isinstance(exc, (SnapshotTooOld, CommitFailed, StoreUnavailable, PageMissing)) else CommitFailed(
         f"{type(exc).__name__}: {exc}", getattr(exc, "code", None) and exc, retryable=False)
     return apsw.IOError(str(exc))
