@@ -30,7 +30,7 @@ COPY pyproject.toml README.md ./
 COPY sqld ./sqld
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE} AS runtime
 ARG FDB_VERSION
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONUNBUFFERED=1 \
@@ -73,3 +73,26 @@ WORKDIR /data
 # inside a container that has to be 0.0.0.0:5432 to be reachable, as docker-compose.yml says.
 EXPOSE 5432
 ENTRYPOINT ["sqld"]
+
+# The mvsqlite suite against a real cluster (docker-compose.yml, service `tests`, profile
+# tests: `docker compose run --rm tests`): the same image with the test extras and tests/,
+# pointed at the compose cluster's file; no container of its own is started from inside.
+FROM runtime AS tests
+USER root
+WORKDIR /src
+COPY pyproject.toml ./
+COPY tests ./tests
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    set -eux; \
+    wheel="$(ls /wheels/sqld-*.whl)"; \
+    pip install --no-cache-dir "${wheel}[mvsqlite,test]"; \
+    chown -R sqld:sqld /src
+USER 10001:10001
+ENV SQLD_TEST_FDB_CLUSTER=/var/fdb/fdb.cluster \
+    SQLD_TEST_FDB_CONTAINER=0
+ENTRYPOINT ["python", "-m", "pytest", "-p", "no:cacheprovider"]
+CMD ["tests/mvsqlite", "-q", "-rs"]
+
+# The default target (the last stage): sqld itself, as above.
+FROM runtime AS sqld

@@ -3,7 +3,6 @@ would be) share one database; conflicts, faults, limits, time travel, GC, round 
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import threading
@@ -20,30 +19,19 @@ ACCOUNTS = 20
 START = 1000
 
 
-REAL_CLUSTER = os.environ.get("SQLD_TEST_FDB_CLUSTER")
-
-
 @pytest.fixture(params=["simulator", "real"])
-def fdb(request):
-    """The simulator, and a real FoundationDB cluster when SQLD_TEST_FDB_CLUSTER names its
-    cluster file (each test on a prefix of its own there)."""
+def fdb(request, monkeypatch):
+    """The simulator, and a real FoundationDB (conftest.real_fdb_cluster: SQLD_TEST_FDB_CLUSTER's
+    cluster file, or a foundationdb/foundationdb container), each test on a prefix of its own."""
     if request.param == "simulator":
         return SimDatabase(seed=1, backoff=False)
-    if not REAL_CLUSTER:
-        pytest.skip("no real FoundationDB: set SQLD_TEST_FDB_CLUSTER to a cluster file to run this against one "
-                    "(FoundationDB cannot run on this machine)")
     if request.node.get_closest_marker("simulator_only"):
         pytest.skip("needs the simulator's clock or fault injection")
+    cluster_file = request.getfixturevalue("real_fdb_cluster")  # skips saying what is missing
     from sqld.backends.mvsqlite.fdbreal import open_database
 
-    return open_database(REAL_CLUSTER)
-
-
-@pytest.fixture(autouse=True)
-def _own_prefix(monkeypatch, request):
-    """On a real cluster every test writes under a fresh prefix."""
-    if "fdb" in request.fixturenames and REAL_CLUSTER:
-        monkeypatch.setattr(sys.modules[__name__], "PREFIX", f"sqld-test/{uuid.uuid4().hex}/".encode())
+    monkeypatch.setattr(sys.modules[__name__], "PREFIX", f"sqld-test/{uuid.uuid4().hex}/".encode())
+    return open_database(cluster_file)
 
 
 PREFIX = b"test/main/"
