@@ -62,3 +62,37 @@ class RawClient:
 
 def kinds(messages) -> list[str]:
     return [type(msg).__name__ for msg in messages]
+
+
+# Frontend COPY messages (sqld's codec decodes them but only the backend's side is encoded).
+def copy_data(data: bytes) -> bytes:
+    return m.copy_data(data)
+
+
+COPY_DONE = m.COPY_DONE
+
+
+def copy_fail(message: str = "client gave up") -> bytes:
+    return m.frame(b"f", message.encode() + b"\x00")
+
+
+def summary(messages) -> list[tuple]:
+    """The messages of an answer as short tuples, notices left out: what a test compares
+    with PostgreSQL's answer (E: SQLSTATE, C: tag, Z: status, D: values, d: CopyData …)."""
+    out: list[tuple] = []
+    for msg in messages:
+        if isinstance(msg, m.NoticeResponse):
+            continue
+        if isinstance(msg, m.ErrorResponse):
+            out.append(("E", msg.sqlstate))
+        elif isinstance(msg, m.CommandComplete):
+            out.append(("C", msg.tag))
+        elif isinstance(msg, m.ReadyForQuery):
+            out.append(("Z", msg.status.decode()))
+        elif isinstance(msg, m.DataRow):
+            out.append(("D", *(None if v is None else v.decode() for v in msg.values)))
+        elif isinstance(msg, m.CopyData):
+            out.append(("d", msg.data.decode()))
+        else:
+            out.append((type(msg).__name__,))
+    return out

@@ -303,12 +303,9 @@ class Bind:
             raise ProtocolViolation(f"invalid Bind message: {exc}") from None
         if pos != size:
             raise ProtocolViolation(f"invalid Bind message: {size - pos} unexpected trailing bytes")
-        for f in param_formats:
-            if f != 0 and f != 1:
-                raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
-        for f in result_formats:
-            if not 0 <= f <= 2:  # 2: sqld's typed format, for clients that negotiated it
-                raise ProtocolViolation(f"invalid Bind message: unknown format code {f}")
+        # Format codes are not checked here: an unknown one is the statement's error (22023,
+        # at Bind for parameters, when the rows are encoded for results), as in PostgreSQL,
+        # not a malformed message that ends the session.
         return cls(portal, statement, param_formats, tuple(params), result_formats)
 
 

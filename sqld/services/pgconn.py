@@ -61,6 +61,10 @@ _OWN_TRANSACTION = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "AB
                               "RELEASE", "VACUUM", "PRAGMA", "ATTACH", "DETACH", "COPY"))
 
 
+def _is_savepoint_command(stmt: Statement) -> bool:
+    return stmt.verb in ("SAVEPOINT", "RELEASE") or (stmt.verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words)
+
+
 @attrs.define(eq=False)
 class PreparedStatement:
     statement: Statement
@@ -538,7 +542,8 @@ class PgConnection:
         stmt = parse_one(msg.sql)
         if msg.name and msg.name in self.statements:
             raise SqldError(f'prepared statement "{msg.name}" already exists', sqlstate="42P05")
-        if stmt.is_empty:
+        if stmt.is_empty or stmt.verb == "COPY":
+            # COPY returns no rows (NoData); it streams at Execute, as in PostgreSQL.
             ps = PreparedStatement(stmt, tuple(msg.param_types), None)
         else:
             clock = self.state.schema.value  # before describing: a change meanwhile is seen at Bind
@@ -577,6 +582,9 @@ class PgConnection:
                 f'"{msg.statement}" requires {n}', severity="ERROR",
             )
         fmts = msg.param_formats
+        for f in fmts:
+            if f != 0 and f != 1:
+                raise SqldError(f"unsupported format code: {f}", sqlstate="22023")
         if len(fmts) not in (0, 1, n):
             raise ProtocolViolation(f"bind message has {len(fmts)} parameter formats but {n} parameters",
                                     severity="ERROR")
@@ -686,6 +694,9 @@ class PgConnection:
 
     def _encoders(self, oids, formats) -> list:
         n = len(oids)
+        for f in formats:
+            if not 0 <= f <= 2:  # 2: sqld's typed format, for clients that negotiated it
+                raise SqldError(f"unsupported format code: {f}", sqlstate="22023")
         if t.TYPED_FORMAT in formats and not self.state.ext:
             raise ProtocolViolation("result format 2 is sqld's extension, which this session did not ask for",
                                     severity="ERROR")
@@ -730,6 +741,12 @@ class PgConnection:
                             detail="The transaction it was read in has ended.")
         if portal.complete:
             self._complete(portal.cursor)
+            return
+        if portal.prepared.statement.verb == "COPY":
+            # COPY through the extended protocol: the copy sub-protocol at Execute; after an
+            # error the messages up to the client's Sync are skipped, as after any other.
+            await self._copy(portal.prepared.statement, extended=True)
+            self._after_statement()
             return
         limit = msg.max_rows
         if portal.cursor is None:
@@ -808,25 +825,27 @@ class PgConnection:
 
     # -- COPY ---------------------------------------------------------------------------------
 
-    async def _copy(self, stmt: Statement) -> None:
+    async def _copy(self, stmt: Statement, extended: bool = False) -> None:
         spec = copy.parse(stmt.sql)
         if spec.direction == "TO":
             await self._copy_out(spec)
         else:
-            await self._copy_in(spec)
+            await self._copy_in(spec, extended)
 
     async def _copy_out(self, spec) -> None:
         query = spec.query or f"select {', '.join(spec.columns) or '*'} from {spec.table}"
         cur = await self.service(Execute(parse_one(query)))
         try:
             names = [c.name for c in cur.columns or ()]
+            writer = copy.RowWriter(spec, names, copy.force_columns(spec, names)[0])
             self.write(m.CopyOutResponse(len(names)).encode())
             if spec.header:
-                self.write(m.copy_data(copy.format_row(spec, tuple(names))))
+                self.write(m.copy_data(writer.header()))
             count = 0
+            line = writer.row
             while True:
                 for row in cur.rows:
-                    self.write(m.copy_data(copy.format_row(spec, row)))
+                    self.write(m.copy_data(line(row)))
                 count += len(cur.rows)
                 if cur.done:
                     break
@@ -837,21 +856,33 @@ class PgConnection:
         self.write(m.COPY_DONE)
         self.write(m.CommandComplete(f"COPY {count}").encode())
 
-    async def _copy_in(self, spec) -> None:
+    async def _copy_in(self, spec, extended: bool = False) -> None:
+        """COPY FROM STDIN: all rows or none, as in PostgreSQL. Outside a transaction block
+        the rows form a transaction of their own (in the extended protocol: the batch's
+        implicit transaction, committed at Sync); inside one, an error fails the transaction
+        (status E, its COMMIT answers ROLLBACK), whatever made the COPY fail: a bad row, a
+        constraint, or the client's CopyFail."""
         columns = list(spec.columns)
-        if not columns:
+        table_columns = None
+        if not columns or spec.force_null or spec.force_not_null:
             described = await self.service(Describe(parse_one(f"select * from {spec.table}")))
-            columns = [c.name for c in described.info.columns]
+            table_columns = [c.name for c in described.info.columns]
+            columns = columns or table_columns
+        force_null, force_not_null = copy.force_columns(spec, columns, table_columns)
         marks = ", ".join(f"?{i + 1}" for i in range(len(columns)))
         quoted = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
         insert = parse_one(f"insert into {spec.table} ({quoted}) values ({marks})")
         blobs = [t.oid_for_decltype(d) == t.BYTEA for d in (await self.service(Describe(insert))).param_decltypes]
         self.write(m.CopyInResponse(len(columns)).encode())
         await self.flush()
-        own_tx = await self.service(Sync()) == b"I"
-        if own_tx:  # all rows or none, as in PostgreSQL
+        # In the extended protocol (not for the sqld extension, which runs statement by
+        # statement) the rows are the batch's: outside a transaction block its first write
+        # opens the implicit transaction that Sync commits and an error (Abort) rolls back.
+        pipelined = extended and not self.state.ext
+        own_tx = not pipelined and await self.service(Sync()) == b"I"
+        if own_tx:
             await (await self.service(Execute(_BEGIN))).close()
-        reader = copy.RowReader(spec)
+        reader = copy.RowReader(spec, columns, force_null, force_not_null)
         count = 0
         error: SqldError | None = None
         ended = False
@@ -860,11 +891,13 @@ class PgConnection:
             nonlocal count
             for row in rows:
                 if len(row) != len(columns):
-                    raise SqldError(f"{'missing' if len(row) < len(columns) else 'extra'} data for COPY: "
-                                    f"{len(row)} values for {len(columns)} columns", sqlstate="22P04")
+                    raise SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < len(columns)
+                                    else "extra data after last expected column", sqlstate="22P04",
+                                    detail=f"COPY {spec.table}, line {count + 1 + spec.header}: "
+                                    f"{len(row)} values for {len(columns)} columns")
                 params = tuple(t.bytea_from_text(v) if blob and v is not None else v
                                for v, blob in zip(row, blobs))
-                await (await self.service(Execute(insert, params))).close()
+                await (await self.service(Execute(insert, params, pipelined=pipelined))).close()
                 count += 1
 
         while True:
@@ -898,6 +931,11 @@ class PgConnection:
         if own_tx:
             with anyio.CancelScope(shield=True):
                 await (await self.service(Execute(_ROLLBACK if error else _COMMIT))).close()
+        elif error is not None:
+            # Inside a transaction block the rows sent so far are in it: the transaction is
+            # failed, as PostgreSQL fails it (in a batch, Abort rolls its implicit one back).
+            with anyio.CancelScope(shield=True):
+                await self.service(Abort())
         if error is not None:
             raise error
         self.write(m.CommandComplete(f"COPY {count}").encode())
@@ -918,13 +956,20 @@ class PgConnection:
         # Several statements in one Query form one implicit transaction (protocol 55.2.2.1):
         # all or nothing, unless they manage transactions themselves.
         # (Not for the sqld extension: sqlite3's executescript runs statements one by one.)
+        # A savepoint command before any BEGIN fails there (25P01), taking the statements
+        # before it back with the implicit transaction, as PostgreSQL does.
+        own = [st for st in statements if st.verb in _OWN_TRANSACTION]
         implicit = len(statements) > 1 and not self.state.ext \
-            and not any(st.verb in _OWN_TRANSACTION for st in statements) \
+            and (not own or _is_savepoint_command(own[0])) \
             and await self.service(Sync()) == b"I"
         try:
             if implicit:
                 await (await self.service(Execute(_BEGIN))).close()
             for stmt in statements:
+                if implicit and _is_savepoint_command(stmt):
+                    name = "ROLLBACK TO SAVEPOINT" if stmt.verb in ("ROLLBACK", "ABORT") else \
+                        "SAVEPOINT" if stmt.verb == "SAVEPOINT" else "RELEASE SAVEPOINT"
+                    raise SqldError(f"{name} can only be used in transaction blocks", sqlstate="25P01")
                 await self._simple(stmt)
             if implicit:
                 await (await self.service(Execute(_COMMIT))).close()

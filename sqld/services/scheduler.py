@@ -850,24 +850,40 @@ class SchedulerService:
         if verb == "SAVEPOINT":
             if self.failed:
                 raise InFailedTransaction()
-            if not self.in_tx:
-                self.in_tx = True  # SQLite starts a transaction at an outer SAVEPOINT
+            if not self.in_tx or self.implicit:
+                if not self.state.ext:
+                    # PostgreSQL: savepoints live in transaction blocks only (not in a batch's
+                    # implicit transaction either); nothing is opened, nothing held.
+                    raise SqldError("SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
+                self.in_tx = True  # sqlite3's semantics: an outer SAVEPOINT starts a transaction
             return await self._run_in_tx(stmt, "SAVEPOINT")
         if verb == "RELEASE":
             if self.failed:
                 raise InFailedTransaction()
-            if not self.in_tx:
+            if not self.in_tx or (self.implicit and not self.state.ext):
                 raise SqldError("RELEASE SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
             return await self._run_in_tx(stmt, "RELEASE")
         raise SqldError(f"unexpected transaction statement {verb}")
 
     async def _rollback_to(self, stmt: Statement):
-        if not self.in_tx:
+        if not self.in_tx or (self.implicit and not self.state.ext):
             raise SqldError("ROLLBACK TO SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
         conn = self.tx_conn
+        # A savepoint that is not there (never made, released, or rolled back past) is an
+        # error that fails the transaction, as in PostgreSQL: its COMMIT answers ROLLBACK.
         if conn is None or not conn.in_transaction():
-            raise SqldError("savepoint does not exist", sqlstate="3B001")
-        await self._in_thread(conn, conn.run, stmt.sql)
+            self._fail()
+            raise SqldError(f'savepoint "{_savepoint_name(stmt)}" does not exist', sqlstate="3B001")
+        try:
+            await self._in_thread(conn, conn.run, stmt.sql)
+        except SqldError as exc:
+            self._fail()
+            if exc.sqlstate == "3B001":
+                exc.message = f'savepoint "{_savepoint_name(stmt)}" does not exist'
+            raise
+        except Exception:
+            self._fail()
+            raise
         self.failed = False
         return StaticCursor(None, [], "ROLLBACK")
 
@@ -876,8 +892,10 @@ class SchedulerService:
         conn = await (self._tx_connection() if self.read_only_tx else self._tx_writer())
         try:
             await self._in_thread(conn, conn.run, stmt.sql)
-        except Exception:
+        except Exception as exc:
             self._fail()
+            if isinstance(exc, SqldError) and exc.sqlstate == "3B001":
+                exc.message = f'savepoint "{_savepoint_name(stmt)}" does not exist'
             raise
         if not conn.in_transaction():
             # RELEASE of the outermost savepoint committed the transaction.
@@ -901,6 +919,12 @@ class SchedulerService:
 
 async def _ready(value):
     return value
+
+
+def _savepoint_name(stmt: Statement) -> str:
+    """The savepoint a ROLLBACK TO / RELEASE names (its last word), for PostgreSQL's message."""
+    name = stmt.sql.strip().rstrip(";").split()[-1]
+    return name[1:-1].replace('""', '"') if name.startswith('"') and name.endswith('"') else name.lower()
 
 
 def _releaser(fn, conn):

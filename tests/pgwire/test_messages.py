@@ -286,10 +286,6 @@ BAD_PAYLOADS = [
     (m.Bind, b"\x00\x00" b"\x00\x00" b"\x00\x01" b"\xff\xff\xff\xfe" b"\x00\x00"),
     # Bind: huge parameter length
     (m.Bind, b"\x00\x00" b"\x00\x00" b"\x00\x01" b"\x7f\xff\xff\xff" b"\x00\x00"),
-    # Bind: format code 2
-    (m.Bind, b"\x00\x00" b"\x00\x01\x00\x02" b"\x00\x00" b"\x00\x00"),
-    # Bind: result format code -1
-    (m.Bind, b"\x00\x00" b"\x00\x00" b"\x00\x00" b"\x00\x01\xff\xff"),
     # Bind: negative count of parameters
     (m.Bind, b"\x00\x00" b"\x00\x00" b"\xff\xff"),
     # Bind: no result format count
@@ -363,3 +359,12 @@ def test_error_response_odd_position_is_not_a_crash(position):
     except ProtocolViolation:
         return
     assert err.position is None
+
+
+def test_bind_with_unknown_format_codes_decodes():
+    # An unknown format code is the statement's error (22023, as PostgreSQL answers), not a
+    # malformed message: the decoder keeps the codes for the server to refuse (issue 15).
+    assert m.Bind.decode_untrusted(b"\x00\x00" b"\x00\x01\x00\x02" b"\x00\x00" b"\x00\x00") == \
+        m.Bind("", "", (2,), (), ())
+    assert m.Bind.decode_untrusted(b"\x00\x00" b"\x00\x00" b"\x00\x00" b"\x00\x01\xff\xff") == \
+        m.Bind("", "", (), (), (-1,))
