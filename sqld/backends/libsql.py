@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 import weakref
 from pathlib import Path
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 PROGRESS_STEPS = 1000
 
 FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".sqld")
+# A statement that is a plain VACUUM (after comments); what SQLite parsed is the judge of the
+# rest, this only tells the sandbox when VACUUM's own scratch ATTACH may come.
+_VACUUM = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*vacuum\b", re.IGNORECASE | re.DOTALL)
 
 
 def database_file(db_path: str | os.PathLike) -> Path:
@@ -62,6 +66,9 @@ class LibsqlConnection:
         self.apsw = conn
         self.readonly = readonly
         memory.apply(conn)
+        # SQLite's defensive mode: no SQL may corrupt the file on purpose (writable_schema,
+        # PRAGMA schema_version = N, writes to sqlite_dbpage or to virtual tables' shadow tables).
+        conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
         self._open: set[apsw.Cursor] = set()  # cursors of suspended portals
         self._budget: int | None = None
         self._deadline: float | None = None
@@ -76,13 +83,25 @@ class LibsqlConnection:
         conn.exec_trace = self._trace
 
     def _trace(self, cursor, sql, bindings) -> bool:
+        auth = self.apsw.authorizer
+        if auth is not None and hasattr(auth, "reset"):
+            auth.reset()
+            auth.running = True  # prepared: what SQLite prepares from here on is its own doing
         if self.readonly and not cursor.is_readonly:
             # SQLite says after prepare, before any step, whether a statement writes:
             # the scheduler sends it to the writer instead (no regex on SQL text).
             self._needs_writer = True
             return False
         self._description = cursor.get_description()
+        if auth is not None and _VACUUM.match(sql) and not cursor.is_readonly:
+            # A VACUUM is about to run: the ATTACH '' SQLite makes inside it is its own.
+            auth.vacuum = True
         return True
+
+    def _reset_authorizer(self) -> None:
+        auth = self.apsw.authorizer
+        if auth is not None and hasattr(auth, "reset"):
+            auth.reset()
 
     # -- stop conditions ------------------------------------------------------------------
 
@@ -140,6 +159,7 @@ class LibsqlConnection:
                        count=cursor.bindings_count, rest=sql[len(first):])
             return False  # stop before the first step: nothing runs
 
+        self._reset_authorizer()
         cur = self.apsw.cursor()
         cur.exec_trace = trace
         budget, self._budget = self._budget, None  # preparing is no inline run: it may wait for a lock
@@ -162,6 +182,7 @@ class LibsqlConnection:
         return StatementInfo(columns=cols, param_count=got["count"], readonly=bool(got["readonly"]))
 
     def start(self, sql: str, params: Sequence[Any], first: int):
+        self._reset_authorizer()
         cur = self.apsw.cursor()
         try:
             self._description = None
@@ -238,6 +259,7 @@ class LibsqlConnection:
 
     def run(self, sql: str) -> None:
         """Run one statement to completion, ignoring rows (transaction control, pragmas)."""
+        self._reset_authorizer()
         try:
             for _ in self.apsw.execute(sql):
                 pass

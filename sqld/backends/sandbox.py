@@ -23,6 +23,9 @@ _SETTING_PRAGMAS = frozenset((
     "temp_store_directory", "data_store_directory", "journal_size_limit", "query_only", "trusted_schema",
     "hard_heap_limit", "soft_heap_limit", "threads",
 ))
+# Refused a value even with --allow-unsafe-sql: setting the schema cookie makes other
+# connections (the shared pool) run statements against a schema that is gone.
+_ALWAYS_REFUSED = frozenset(("schema_version",))
 # Connection settings: pooled connections are shared by sessions, so a session's setting
 # would reach others (a CHECK bypass, a page limit for everyone…). A session that sets one
 # gets a connection of its own for the rest of the session (SESSION_OWNED), where it is its
@@ -56,11 +59,18 @@ class Authorizer:
     because its connection is shared (a temp object, a connection pragma); the connection
     turns that refusal into ``NeedsOwnConnection``."""
 
-    __slots__ = ("authorize", "wants_own")
+    __slots__ = ("authorize", "wants_own", "vacuum", "running")
 
     def __init__(self, authorize) -> None:
         self.authorize = authorize
         self.wants_own = False
+        self.vacuum = False  # a plain VACUUM is about to run: its own ATTACH '' is allowed, once
+        self.running = False  # the statement was prepared and runs: what is authorized now is SQLite's own
+
+    def reset(self) -> None:
+        """A new statement is about to be prepared (the connection calls this)."""
+        self.vacuum = False
+        self.running = False
 
     def __call__(self, op, p1, p2, dbname, trigger) -> int:
         return self.authorize(self, op, p1, p2, dbname, trigger)
@@ -78,7 +88,13 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset(), k
     def authorize(self, op, p1, p2, dbname, trigger) -> int:
         if op == PRAGMA:
             name = (p1 or "").lower()
-            if p2 is not None and name in guarded:
+            if p2 is not None and (name in guarded or name in _ALWAYS_REFUSED):
+                return deny
+            if name == "database_list" and (dbname is not None or not self.running):
+                # PRAGMA main.database_list, EXPLAIN PRAGMA database_list: SQLite's answer has
+                # the server's paths. The plain PRAGMA is answered with names (CompatService),
+                # and the table-valued pragma_database_list, whose PRAGMA SQLite prepares while
+                # the statement runs, reads its files as NULL (below).
                 return deny
             if unsafe_allowed:
                 return ok
@@ -94,10 +110,15 @@ def authorizer(unsafe_allowed: bool = False, guarded: frozenset = frozenset(), k
             return ok
         if op == ATTACH:
             # A file (or a name SQLite only knows at run time: an expression or a parameter
-            # reaches the authorizer as NULL), and VACUUM INTO a file; ':memory:' too, as it
-            # would stay attached to a connection other sessions use. The empty name is
-            # plain VACUUM's own scratch database (indistinguishable from ATTACH '').
-            return ok if p1 == "" else deny
+            # reaches the authorizer as NULL), and VACUUM INTO a file; ':memory:' and '' too
+            # (a temporary database), as they would stay attached to a connection other
+            # sessions use. The one exception is plain VACUUM's own scratch database, which
+            # SQLite attaches as '' while the VACUUM runs: the connection marks that moment
+            # (``vacuum``, set after the VACUUM was prepared), and it is allowed once.
+            if p1 == "" and self.vacuum:
+                self.vacuum = False
+                return ok
+            return deny
         if op in _TEMP_OPS and not owned:
             self.wants_own = True
             return deny
