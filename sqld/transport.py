@@ -11,13 +11,18 @@ waits only when the socket's buffer is full (backpressure on a client that stops
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections import deque
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+log = logging.getLogger(__name__)
+
 HIGH_WATER = 256 * 1024
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds
 LOW_WATER = 64 * 1024
 
 
@@ -116,11 +121,22 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     async def start_tls(self, context) -> None:
         """Switch to TLS (after answering SSLRequest 'S'): the handshake, then every byte
-        through the TLS transport; the protocol object stays."""
+        through the TLS transport; the protocol object stays. A handshake that stalls (10 s)
+        or fails is one line in the log and a broken stream, never a traceback."""
         p = self._p
         loop = asyncio.get_running_loop()
-        with anyio.fail_after(10):  # a client that never finishes its handshake
-            p.transport = await loop.start_tls(p.transport, p, context, server_side=True)
+        transport = p.transport
+        try:
+            with anyio.fail_after(TLS_HANDSHAKE_TIMEOUT):  # a client that never finishes its handshake
+                p.transport = await loop.start_tls(transport, p, context, server_side=True)
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            what = "did not finish within %g s" % TLS_HANDSHAKE_TIMEOUT if isinstance(exc, TimeoutError) else \
+                f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            log.info("TLS handshake with %s %s", peer[0] if peer else "?", what)
+            if transport is not None:
+                transport.abort()
+            raise anyio.BrokenResourceError from None
 
     async def send(self, item: bytes) -> None:
         p = self._p
