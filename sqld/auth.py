@@ -33,9 +33,56 @@ METHODS = ("scram-sha-256", "md5", "password")
 _SCRAM = scramp.ScramMechanism("SCRAM-SHA-256")
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)")
 ITERATIONS = 4096
-_DERIVED: dict[str, tuple] = {}  # password → SCRAM keys, derived once per process
-_SERVER_SECRET = os.urandom(32)  # for the made-up salts of unknown users
-_FAKE = _SCRAM.make_auth_info(os.urandom(16).hex(), iteration_count=ITERATIONS)
+_DERIVED: dict[tuple[str, str], tuple] = {}  # (name, password) → SCRAM keys, derived once per process
+SALT_LENGTH = 32  # scramp's, and so python -m sqld.auth's (PostgreSQL's own verifiers have 16)
+SECRET_FILE = ".sqld-secret"
+
+
+class _Secret:
+    """The server's secret for salts it makes up (unknown users) or derives (users whose
+    secret is a password): random until ``load_secret`` reads or makes the persistent one,
+    so the same name gets the same salt across restarts."""
+
+    key = os.urandom(32)
+    salt_length = SALT_LENGTH
+    iterations = ITERATIONS
+    fake = None  # made-up SCRAM keys for unknown users
+
+
+def load_secret(folder) -> Path:
+    """Read ``folder/.sqld-secret`` (32 random bytes, mode 0600), making it the first time."""
+    folder = Path(folder)
+    path = folder / SECRET_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        key = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise SqldError(f"cannot read the server secret {path}: {exc.strerror or exc}") from None
+    if len(key) < 32:
+        raise SqldError(f"the server secret {path} is damaged (under 32 bytes): remove it to make a new one")
+    _Secret.key = key
+    _Secret.fake = None
+    return path
+
+
+def _salt_for(name: str, purpose: bytes = b"salt") -> bytes:
+    digest = hmac.new(_Secret.key, purpose + b"\x00" + name.encode(), hashlib.sha512).digest()
+    return digest[: _Secret.salt_length]
+
+
+def _fake_keys() -> tuple:
+    if _Secret.fake is None:
+        password = hmac.new(_Secret.key, b"fake-password", hashlib.sha256).hexdigest()
+        _Secret.fake = _SCRAM.make_auth_info(password, iteration_count=_Secret.iterations, salt=b"\x00" * 16)
+    return _Secret.fake
 
 
 class AuthFailed(SqldError):
@@ -53,6 +100,7 @@ class User:
     name: str
     secret: str = attrs.field(repr=False)
     read_only: bool = False
+    replication: bool = False  # may use the replication sub-protocol (a replica's account)
 
     @property
     def scram(self) -> tuple[bytes, bytes, bytes, int] | None:
@@ -64,9 +112,13 @@ class User:
             return base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server), int(it)
         if _is_md5(self.secret):
             return None
-        info = _DERIVED.get(self.secret)
-        if info is None:
-            info = _DERIVED[self.secret] = _SCRAM.make_auth_info(self.secret, iteration_count=ITERATIONS)
+        # A password: its verifier is derived with a salt from the server's persistent secret,
+        # so the salt a client sees does not change at restart (as a stored verifier's does not).
+        key = (self.name, self.secret)
+        info = _DERIVED.get(key)
+        salt = _salt_for(self.name)
+        if info is None or info[0] != salt:
+            info = _DERIVED[key] = _SCRAM.make_auth_info(self.secret, iteration_count=ITERATIONS, salt=salt)
         return info
 
     @property
@@ -122,9 +174,27 @@ class Users:
             if not line or line.startswith("#"):
                 continue
             parts = line.split()
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("readonly", "readwrite")):
-                raise SqldError(f"{path}:{n}: expected 'NAME SECRET [readonly]'")
-            self.add(User(parts[0], parts[1], read_only=len(parts) == 3 and parts[2] == "readonly"))
+            flags = [f for part in parts[2:] for f in part.split(",") if f]
+            if len(parts) < 2 or not set(flags) <= {"readonly", "readwrite", "replication"} or \
+                    {"readonly", "readwrite"} <= set(flags):
+                raise SqldError(f"{path}:{n}: expected 'NAME SECRET [readonly] [replication]'")
+            self.add(User(parts[0], parts[1], read_only="readonly" in flags, replication="replication" in flags))
+
+    def disguise(self) -> None:
+        """Made-up SCRAM answers for unknown users take the shape of the real ones: the salt
+        length and iteration count most users here have."""
+        from collections import Counter
+
+        shapes = Counter()
+        for user in self.by_name.values():
+            m = _VERIFIER.fullmatch(user.secret)
+            if m:
+                shapes[(len(base64.b64decode(m.group(2))), int(m.group(1)))] += 1
+            elif not _is_md5(user.secret):
+                shapes[(SALT_LENGTH, ITERATIONS)] += 1
+        if shapes:
+            _Secret.salt_length, _Secret.iterations = shapes.most_common(1)[0][0]
+            _Secret.fake = None
 
 
 @attrs.frozen
@@ -161,8 +231,8 @@ class ScramExchange:
             # An unknown user (or one SCRAM cannot check) goes through the same steps with a
             # made-up secret, and the same salt every time (derived from the name, as
             # PostgreSQL does): nothing tells it from a real user.
-            _, self.stored_key, self.server_key, self.iterations = _FAKE
-            self.salt = hmac.new(_SERVER_SECRET, (user.name if user else name).encode(), hashlib.sha256).digest()[:16]
+            _, self.stored_key, self.server_key, self.iterations = _fake_keys()
+            self.salt = _salt_for(user.name if user else name, b"unknown")
         self.nonce = ""
         self.client_first_bare = ""
         self.server_first = ""

@@ -83,9 +83,23 @@ def _timeout(ctx, param, value):
               "session's own writes (read-your-writes) before it fails with 57014.")
 @click.option("--max-readers", type=click.IntRange(1, 256), default=8, envvar="SQLD_MAX_READERS",
               show_envvar=True, help="Reader connections: how many reads may run at once.")
-@click.option("--startup-timeout", callback=_timeout, default="60s", envvar="SQLD_STARTUP_TIMEOUT",
+@click.option("--startup-timeout", callback=_timeout, default="10s", envvar="SQLD_STARTUP_TIMEOUT",
               show_envvar=True, help="Close a connection that has not started up and authenticated within "
               "this long (PostgreSQL's authentication_timeout).")
+@click.option("--max-startups", type=click.IntRange(1), default=100, envvar="SQLD_MAX_STARTUPS", show_envvar=True,
+              help="Connections that may be starting up (not yet authenticated) at once, apart from "
+              "--max-connections; past it the oldest of the busiest peer is closed (53300).")
+@click.option("--max-startups-per-peer", type=click.IntRange(1), default=32, envvar="SQLD_MAX_STARTUPS_PER_PEER",
+              show_envvar=True, help="The same, from one peer address: past it that peer's own oldest is closed.")
+@click.option("--max-databases", type=click.IntRange(1), default=64, envvar="SQLD_MAX_DATABASES", show_envvar=True,
+              help="Databases open at once besides main; an idle one is closed to make room, else 53300.")
+@click.option("--database-idle-timeout", callback=_timeout, default="60s", envvar="SQLD_DATABASE_IDLE_TIMEOUT",
+              show_envvar=True, help="Close a database (not main) that no session has used this long; it "
+              "opens again when named. 0: never.")
+@click.option("--replication-user", "replication_users", multiple=True, default=("sqld-replica",),
+              envvar="SQLD_REPLICATION_USER", show_envvar=True, metavar="NAME",
+              help="A user who may use the replication sub-protocol (replicas; repeatable). Users marked "
+              "'replication' in the users file may too. With no users configured, anyone who may connect.")
 @click.option("--max-sql-length", type=click.IntRange(1), default=16 * 1024 * 1024, envvar="SQLD_MAX_SQL_LENGTH",
               show_envvar=True, help="Longest statement text accepted, in characters (54000 beyond).")
 @click.option("--max-value-mb", type=click.IntRange(1, 1000), default=64, envvar="SQLD_MAX_VALUE_MB",
@@ -129,7 +143,8 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
          tls_required, primary_user, primary_password, primary_sslmode, primary_ca, allow_unsafe_sql,
-         startup_timeout, max_sql_length, max_value_mb, max_memory_mb):
+         startup_timeout, max_startups, max_startups_per_peer, max_databases, database_idle_timeout,
+         replication_users, max_sql_length, max_value_mb, max_memory_mb):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -166,6 +181,15 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         raise click.UsageError(f"refusing to listen on {host} with no users configured: anyone who can reach it "
                                "could connect. Configure users (--user, --users-file), listen on loopback, or "
                                "pass --allow-trust.")
+    if account_list:
+        from sqld.auth import load_secret
+        from sqld.backends.libsql import database_file
+
+        try:
+            load_secret(database_file(db_path).parent)  # salts that persist across restarts
+        except SqldError as exc:
+            raise click.UsageError(exc.message) from None
+        account_list.disguise()
     if (tls_cert is None) != (tls_key is None):
         raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert/--tls-key")
     if tls_required and tls_cert is None:
@@ -181,7 +205,10 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         auth=AuthConfig(account_list, auth_method, allow_trust), tls_cert=tls_cert, tls_key=tls_key,
         tls_required=tls_required, primary_user=primary_user, primary_password=primary_password,
         primary_sslmode=primary_sslmode, primary_ca=primary_ca, unsafe_sql=allow_unsafe_sql,
-        startup_timeout=startup_timeout or 60.0, max_sql_length=max_sql_length,
+        startup_timeout=startup_timeout or 10.0, max_sql_length=max_sql_length,
+        max_startups=max_startups, max_startups_per_peer=max_startups_per_peer,
+        max_databases=max_databases, database_idle_timeout=database_idle_timeout,
+        replication_users=tuple(replication_users),
         max_value_bytes=max_value_mb << 20, max_memory_bytes=max_memory_mb << 20,
     )
     if allow_trust and not account_list and not is_loopback(host):
@@ -220,6 +247,7 @@ async def serve(config: Config) -> None:
         functions=sql_functions(), replication_log=config.replication_log,
         replication_log_max_bytes=config.replication_log_max_bytes,
         opener=_mvsqlite_opener(config) if config.backend == "mvsqlite" else None, unsafe_sql=config.unsafe_sql,
+        max_open=config.max_databases, idle_timeout=config.database_idle_timeout,
     )
     databases.open_main()
     try:
@@ -227,9 +255,10 @@ async def serve(config: Config) -> None:
             SessionStackFactory(databases, statement_timeout=config.statement_timeout,
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
-            replication=databases.get, auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
+            replication=_replication(config, databases), auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
             startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
         )
+        factory.gate = _startup_gate(config)
         where = (f"serving {databases.main_file}" if config.backend == "libsql" else
                  f"serving FoundationDB {config.fdb_cluster}, namespace {config.fdb_namespace}")
         server = await _listen(config, where)
@@ -239,6 +268,39 @@ async def serve(config: Config) -> None:
     finally:
         databases.close()
         log.info("stopped; databases checkpointed")
+
+
+def _startup_gate(config: Config):
+    from sqld.preauth import StartupGate
+
+    return StartupGate(max_total=config.max_startups, max_per_peer=config.max_startups_per_peer)
+
+
+def _replication(config: Config, databases):
+    """Who may use the replication sub-protocol, on which database: the replication account
+    (``--replication-user``, or ``replication`` in the users file), on a database that exists.
+    With no users configured, whoever may connect (loopback, or --allow-trust)."""
+    from sqld.auth import NotAllowed
+    from sqld.services.databases import MAIN, PRIVATE, UnknownDatabase
+
+    users = config.auth.users if config.auth is not None else None
+    names = frozenset(config.replication_users)
+
+    async def replication(state):
+        if users is not None and len(users):
+            account = users.get(state.user)
+            if account is None or not (account.replication or account.name in names):
+                raise NotAllowed(f'user "{state.user[:64]}" may not use replication',
+                                 hint="Replicas connect as a replication account: --replication-user, or "
+                                 "'replication' after the user's secret in the users file.")
+        name = state.database or MAIN
+        if name == PRIVATE:
+            raise UnknownDatabase(f'database "{name}" cannot be replicated')
+        scheduler = await databases.get(name, create=False)  # replication never creates a database
+        databases.pin(name)
+        return scheduler
+
+    return replication
 
 
 def _tls_context(config: Config):
@@ -338,6 +400,7 @@ async def serve_replica(config: Config) -> None:
             auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
             startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
         )
+        factory.gate = _startup_gate(config)
         server = await _listen(config, f"replica {node.db_file} of {host}:{port}")
         async with anyio.create_task_group() as tg:
             tg.start_soon(node.run)

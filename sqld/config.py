@@ -38,7 +38,12 @@ class Config:
     primary_sslmode: str = "prefer"
     primary_ca: str | None = None
     unsafe_sql: bool = False  # --allow-unsafe-sql: no SQL sandbox
-    startup_timeout: float = 60.0  # seconds to start up and authenticate
+    startup_timeout: float = 10.0  # seconds to start up and authenticate
+    max_startups: int = 100  # connections not yet authenticated, in total (sqld.preauth)
+    max_startups_per_peer: int = 32  # … from one peer address
+    max_databases: int = 64  # databases open at once besides main
+    database_idle_timeout: float | None = 60.0  # close a database no session used this long
+    replication_users: tuple[str, ...] = ("sqld-replica",)  # who may use the replication sub-protocol
     max_sql_length: int = 16 * 1024 * 1024  # characters of statement text
     max_value_bytes: int = 64 << 20  # the largest string, BLOB or row (SQLite's SQLITE_LIMIT_LENGTH)
     max_memory_bytes: int = 1 << 30  # SQLite's hard heap limit, process-wide (0: none)

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_EVERY = 1.0  # seconds without a commit before a keepalive goes out
 CHUNK = 256 * 1024     # bytes of the database file per CopyData in a BASE_BACKUP
+MAX_BASE_BACKUPS = 2   # snapshots being made or sent at once (each a full copy of its database)
+SEND_STALL = 60.0      # seconds a replica may leave a snapshot's bytes unread before it is dropped
+_backups = None        # the anyio.Semaphore for MAX_BASE_BACKUPS, made in the event loop
+_active: set[str] = set()  # snapshot files of this process being made now
 _RFQ = m.ReadyForQuery(b"I").encode()
 
 
@@ -85,11 +89,42 @@ def _row(conn, *fields, values) -> None:
     conn.write(m.DataRow(tuple(str(v).encode() for v in values)).encode())
 
 
+def _sweep(backend) -> None:
+    """Snapshot files a crashed process left beside the database (none of this one's)."""
+    folder = os.path.dirname(str(backend.path)) or "."
+    prefix = os.path.basename(f"{backend.path}-replog.sqld-snapshot-")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.startswith(prefix) and path not in _active and not name.startswith(f"{prefix}{os.getpid()}-"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 async def _base_backup(conn, scheduler, capture) -> None:
+    """A snapshot, at most MAX_BASE_BACKUPS at a time. The copy is made beside the database,
+    and unlinked as soon as it is open for sending: a replica that stops reading (or a crash)
+    leaves no file in the data folder, and one that stops for SEND_STALL is dropped."""
+    global _backups
+    if _backups is None:
+        _backups = anyio.Semaphore(MAX_BASE_BACKUPS)
+    async with _backups:
+        await _base_backup_now(conn, scheduler, capture)
+
+
+async def _base_backup_now(conn, scheduler, capture) -> None:
     backend = scheduler.backend
     pinned = hasattr(backend, "backup_source")  # snapshots are versions (mvsqlite)
     name = f"sqld-snapshot-{os.getpid()}-{id(conn)}.tmp"
     tmp = os.path.join(tempfile.gettempdir(), name) if pinned else f"{backend.path}-replog.{name}"
+    if not pinned:
+        _sweep(backend)
+    _active.add(tmp)
     generation = capture.log.generation
     if pinned:
         reader, frame = await anyio.to_thread.run_sync(backend.backup_source)
@@ -119,6 +154,7 @@ async def _base_backup(conn, scheduler, capture) -> None:
         size = os.path.getsize(tmp)
         page_size = capture.log.page_size
         with open(tmp, "rb") as f:
+            os.unlink(tmp)  # open: the bytes stay readable until closed, no name is left behind
             _row(conn, ("generation", t.TEXT), ("frame", t.INT8), ("page_size", t.INT4), ("bytes", t.INT8),
                  values=(generation.hex(), frame, page_size, size))
             conn.write(m.CopyOutResponse(0, 0).encode())
@@ -127,7 +163,12 @@ async def _base_backup(conn, scheduler, capture) -> None:
                 if not chunk:
                     break
                 conn.write(m.copy_data(chunk))
-                await conn.maybe_flush()
+                with anyio.move_on_after(SEND_STALL) as stalled:
+                    await conn.maybe_flush()
+                if stalled.cancelled_caught:
+                    log.info("dropping a replica that read nothing of its snapshot for %g s", SEND_STALL)
+                    await conn.stream.aclose()
+                    raise anyio.BrokenResourceError
         conn.write(m.COPY_DONE)
         conn.write(m.CommandComplete("BASE_BACKUP").encode())
         log.info("sent a snapshot at frame %d (%d bytes) to a replica", frame, size)
@@ -136,6 +177,7 @@ async def _base_backup(conn, scheduler, capture) -> None:
             reader.close()
         except apsw.Error:
             pass
+        _active.discard(tmp)
         try:
             os.unlink(tmp)
         except FileNotFoundError:

@@ -19,6 +19,7 @@ import attrs
 
 from sqld.backends.base import Column
 from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
+from sqld.preauth import PREAUTH_MAX_MESSAGE, StartupGate
 from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
@@ -144,8 +145,8 @@ class PgConnectionFactory:
         self.tls_required = tls_required
         self.startup_timeout = startup_timeout
         self.max_sql_length = max_sql_length
-        self.starting = 0  # connections accepted and not yet started up
-        # async (database name) -> Scheduler, for replication connections; None: refused
+        self.gate = StartupGate()  # connections accepted and not yet authenticated (sqld.preauth)
+        # async (session state: user, database) -> Scheduler, for replication connections; None: refused
         self.replication = replication
         self.registry = Registry()
         self.max_connections = max_connections
@@ -177,6 +178,7 @@ class PgConnection:
         self.status = b"I"  # as last told to the client in ReadyForQuery
         self.tls = False
         self.replication = None  # the Scheduler a replication connection streams from
+        self.gate_entry = None
 
     # -- output ---------------------------------------------------------------------------
 
@@ -243,21 +245,25 @@ class PgConnection:
                 # A client gets this long to start up and authenticate (PostgreSQL's
                 # authentication_timeout): a silent or half-sent startup holds no socket forever.
                 factory = self.factory
-                if factory.starting >= factory.max_connections:
-                    # Connections still starting up (not yet counted, not authenticated) are
-                    # capped too: idle sockets cannot pile up until no real client gets in.
-                    raise TooManyConnections("sorry, too many clients are connecting at once",
-                                             detail=f"At most {factory.max_connections} connections may be "
-                                             "starting up at a time.")
-                factory.starting += 1
+                # Sockets not yet authenticated have their own budget (sqld.preauth): per
+                # peer and in total, apart from --max-connections, with small messages only.
+                entry = self.gate_entry = factory.gate.admit(self.peer())
+                self.decoder.max_message_size = min(PREAUTH_MAX_MESSAGE, factory.max_message_size)
                 try:
                     with anyio.move_on_after(factory.startup_timeout) as scope:
+                        entry.scope = scope
                         started = await self.startup()
                 finally:
-                    factory.starting -= 1
+                    factory.gate.leave(entry)
                 if scope.cancelled_caught:
-                    log.info("closing a connection from %s that did not start up within %g s", self.peer(),
-                             self.factory.startup_timeout)
+                    if entry.evicted:
+                        log.info("closing a connection from %s still starting up: others are connecting", self.peer())
+                        with anyio.move_on_after(1):
+                            self.write_error(TooManyConnections("sorry, too many clients are connecting at once"))
+                            await self.flush()
+                    else:
+                        log.info("closing a connection from %s that did not start up within %g s", self.peer(),
+                                 self.factory.startup_timeout)
                     return
                 if not started:
                     return
@@ -341,6 +347,8 @@ class PgConnection:
             raise NotAllowed("this server requires TLS (connect with sslmode=require or stronger)",
                              hint="The server was started with --tls-required.")
         account = await self.authenticate(user)
+        self.factory.gate.leave(self.gate_entry)  # authenticated: past the pre-auth limits
+        self.decoder.max_message_size = self.factory.max_message_size
         if self.factory.active >= self.factory.max_connections:
             raise TooManyConnections(
                 "sorry, too many clients already",
@@ -358,7 +366,7 @@ class PgConnection:
         self.state = state
         try:
             if replication not in (None, "false", "0", "off", "no"):
-                self.replication = await self.factory.replication(state.database)
+                self.replication = await self.factory.replication(state)  # may refuse the user
             else:
                 self.service = await self.factory.session_factory(state)
         except SqldError as exc:

@@ -47,6 +47,13 @@ class SessionStackFactory:
             service = await scheduler(state)
             service.on_close = drop
         else:
-            service = await (await self.databases.get(state.database))(state)
+            # Only read-write users (or anyone, with no users configured) create databases.
+            scheduler, release = await self.databases.acquire(state.database, create=not state.read_only_user)
+            try:
+                service = await scheduler(state)
+            except BaseException:
+                release()
+                raise
+            service.on_close = release  # the database may close once no session uses it
         service = CompatService(service, state, self.statement_timeout, self.idle_tx_timeout)
         return LoggingService(service, state)

@@ -1,0 +1,452 @@
+"""Issue 16: one client, logged in or not, must not lock everyone else out or read what it
+should not. A test per item (items 3, 8 and 9 are tested with the session code)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import psutil
+import psycopg
+import pytest
+import scramp
+
+from sqld.auth import scram_verifier
+from sqld.client.wire import ServerError, WireConnection, WireError
+from sqld.pgwire import messages as m
+from sqld.pgwire.codec import NEED_DATA, Decoder
+
+
+def rss(server) -> int:
+    return psutil.Process(server.pid).memory_info().rss
+
+
+def users_file(tmp_path, extra: str = "") -> str:
+    path = tmp_path / "users"
+    path.write_text(f"alice s3cret\n"
+                    f"carol {scram_verifier('c4rol')}\n"
+                    f"reader r3ad readonly\n"
+                    f"sqld-replica rep1\n" + extra)
+    return str(path)
+
+
+@pytest.fixture
+def secured(start_sqld, tmp_path):
+    def start(*args, db="db"):
+        return start_sqld("--users-file", users_file(tmp_path), *args, db_path=tmp_path / db)
+    return start
+
+
+def psql(server, sql: str, user: str = "tester", password: str = "", dbname: str = "main", timeout: float = 15):
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
+    return subprocess.run(["psql", "-h", server.host, "-p", str(server.port), "-U", user, "-d", dbname, "-tAc", sql],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def closed(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether the server closed (or refused with an error and closed) this socket."""
+    sock.settimeout(wait or 0.01)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (socket.timeout, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+# -- 1. idle sockets that never log in -------------------------------------------------------
+
+
+def test_item1_silent_sockets_do_not_lock_out_new_clients(start_sqld, tmp_path):
+    server = start_sqld("--max-connections", "20", db_path=tmp_path / "db")
+    for _round in range(3):  # again and again
+        silent = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(20)]
+        time.sleep(1.5)
+        started = time.monotonic()
+        out = psql(server, "select 41 + 1")
+        assert out.stdout.strip() == "42", out.stderr
+        assert time.monotonic() - started < 5
+        assert "too many clients" not in out.stderr
+    # a peer holds a few unauthenticated sockets, not as many as it opens
+    many = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(60)]
+    time.sleep(0.5)
+    open_now = sum(not closed(s) for s in many)
+    assert open_now <= 32, f"{open_now} unauthenticated sockets kept open for one peer (--max-startups-per-peer 32)"
+    for s in silent + many:
+        s.close()
+    time.sleep(0.5)
+    # and the short pre-auth timeout (10 s by default) closes a silent socket
+    survivor = socket.create_connection((server.host, server.port), timeout=10)
+    started = time.monotonic()
+    assert closed(survivor, wait=14)
+    assert 8 < time.monotonic() - started < 13
+    assert "Traceback" not in server.log()
+
+
+def test_item1_startup_gate_limits_per_peer_and_in_total():
+    """The gate itself: a peer past its share evicts its own oldest stalled socket; past the
+    total, the oldest socket of the peer holding the most goes; young sockets are not evicted."""
+    from sqld.preauth import StartupGate
+
+    class Scope:
+        cancelled = False
+
+        def cancel(self):
+            self.cancelled = True
+
+    gate = StartupGate(max_total=6, max_per_peer=3, grace=0.0)
+
+    def admit(peer):
+        entry = gate.admit(peer)
+        entry.scope = Scope()
+        return entry
+
+    a = [admit("10.0.0.1") for _ in range(3)]
+    a4 = admit("10.0.0.1")  # evicts a[0], the peer's own oldest
+    assert a[0].evicted and a[0].scope.cancelled and not any(e.evicted for e in a[1:]) and gate.count == 3
+    b = [admit("10.0.0.2") for _ in range(2)]
+    c = admit("10.0.0.3")
+    assert gate.count == 6
+    d = admit("10.0.0.4")  # total reached: the oldest of the peer with the most (10.0.0.1) goes
+    assert a[1].evicted and not b[0].evicted and not c.evicted and gate.count == 6
+    for e in (a[2], a4, *b, c, d):
+        gate.leave(e)
+    assert gate.count == 0 and not gate.by_peer
+    young = StartupGate(max_total=2, max_per_peer=2, grace=60.0)
+    young.admit("p")
+    young.admit("p")
+    with pytest.raises(Exception) as err:
+        young.admit("p")
+    assert getattr(err.value, "sqlstate", None) == "53300"
+
+
+# -- 2. memory before a password -------------------------------------------------------------
+
+
+def _sasl_started(server, user="alice") -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    sock.sendall(m.StartupMessage({"user": user, "database": "main"}).encode())
+    dec = Decoder(m.BACKEND)
+    while True:
+        msg = dec.next_message()
+        if msg is not NEED_DATA:
+            assert isinstance(msg, m.Authentication), msg
+            return sock
+        dec.feed(sock.recv(4096))
+
+
+def test_item2_messages_before_authentication_are_capped(secured):
+    server = secured()
+    with psycopg.connect(server.dsn(user="alice", password="s3cret")) as c:
+        c.execute("select 1")
+    before = rss(server)
+    socks = []
+    for _ in range(6):
+        sock = _sasl_started(server)
+        sock.sendall(b"p" + struct.pack("!I", 64 << 20) + b"x" * 1000)  # then stall
+        socks.append(sock)
+    for sock in socks:
+        dec = Decoder(m.BACKEND)
+        sock.settimeout(5)
+        msg = NEED_DATA
+        while msg is NEED_DATA:
+            data = sock.recv(65536)
+            assert data, "closed without an error"
+            dec.feed(data)
+            msg = dec.next_message()
+        assert isinstance(msg, m.ErrorResponse) and msg.severity == "FATAL", msg
+        sock.close()
+    assert rss(server) - before < 24 << 20
+    with psycopg.connect(server.dsn(user="alice", password="s3cret"), autocommit=True) as c:  # normal sizes after
+        assert c.execute("select length(%s)", ("y" * 200_000,)).fetchone() == (200_000,)
+
+
+# -- 4. databases: who creates them, how many stay open ------------------------------------
+
+
+def test_item4_only_read_write_users_create_databases(secured, tmp_path):
+    server = secured()
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        psycopg.connect(server.dsn(user="reader", password="r3ad", dbname="fresh"))
+    assert not (tmp_path / "db" / "fresh.db").exists()
+    with psycopg.connect(server.dsn(user="alice", password="s3cret", dbname="fresh"), autocommit=True) as c:
+        c.execute("create table t(x)")
+    with psycopg.connect(server.dsn(user="reader", password="r3ad", dbname="fresh")) as c:  # existing: fine
+        assert c.execute("select count(*) from t").fetchone() == (0,)
+
+
+def _open_files(server) -> set[str]:
+    return {os.path.basename(f.path) for f in psutil.Process(server.pid).open_files()}
+
+
+def test_item4_open_databases_are_capped_and_idle_ones_closed(start_sqld, tmp_path):
+    server = start_sqld("--max-databases", "3", "--database-idle-timeout", "2s", db_path=tmp_path / "db")
+    for n in range(6):  # one after another: idle ones make room
+        with psycopg.connect(server.dsn(dbname=f"d{n}"), autocommit=True) as c:
+            c.execute("create table t(x)")
+    assert len({f for f in _open_files(server) if f.startswith("d") and f.endswith(".db")}) <= 3
+    held = [psycopg.connect(server.dsn(dbname=f"h{n}"), autocommit=True) for n in range(3)]
+    with pytest.raises(psycopg.OperationalError) as err:  # all three in use
+        psycopg.connect(server.dsn(dbname="h3"))
+    assert "too many databases" in str(err.value)
+    for c in held:
+        c.close()
+    time.sleep(5)  # past the idle timeout
+    files = _open_files(server)
+    assert not any(f.startswith(("d", "h")) and ".db" in f for f in files), files
+    assert "main.db" in files
+    with psycopg.connect(server.dsn(dbname="d1"), autocommit=True) as c:  # reopened on demand
+        assert c.execute("select count(*) from t").fetchone() == (0,)
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+# -- 5. the replication sub-protocol ---------------------------------------------------------
+
+
+def _replication(server, user, password, database="main"):
+    return WireConnection(server.host, server.port, user=user, password=password, database=database,
+                          options={"replication": "sqld"}, sslmode="disable")
+
+
+def _identify(w) -> list:
+    """IDENTIFY_SYSTEM's rows (replication commands are simple Queries)."""
+    w.sock.sendall(m.Query("IDENTIFY_SYSTEM").encode())
+    dec, rows = Decoder(m.BACKEND), []
+    while True:
+        msg = dec.next_message()
+        if msg is NEED_DATA:
+            dec.feed(w.sock.recv(65536))
+        elif isinstance(msg, m.DataRow):
+            rows.append(msg.values)
+        elif isinstance(msg, m.ReadyForQuery):
+            return rows
+
+
+def test_item5_replication_only_for_the_replication_account(secured, tmp_path):
+    server = secured()
+    for user, password in (("reader", "r3ad"), ("alice", "s3cret")):
+        with pytest.raises(ServerError) as err:
+            _replication(server, user, password)
+        assert err.value.response.sqlstate in ("28000", "42501"), err.value.response
+        assert "replication" in err.value.response.message
+    w = _replication(server, "sqld-replica", "rep1")
+    assert len(_identify(w)) == 1
+    w.close()
+    for name in ("ghost", ":memory:"):  # replication never creates a database
+        with pytest.raises(ServerError) as err:
+            _replication(server, "sqld-replica", "rep1", database=name)
+        assert err.value.response.sqlstate == "3D000"
+    assert sorted(p.name for p in (tmp_path / "db").iterdir() if ".db" in p.name and "replog" not in p.name
+                  and not p.name.startswith("main.db")) == []
+
+
+def test_item5_replication_account_by_flag_or_users_file(start_sqld, tmp_path):
+    server = start_sqld("--users-file", users_file(tmp_path, "bob b0b replication\n"),
+                        "--replication-user", "alice", db_path=tmp_path / "db")
+    for user, password in (("alice", "s3cret"), ("bob", "b0b")):
+        w = _replication(server, user, password)
+        assert len(_identify(w)) == 1
+        w.close()
+    with pytest.raises(ServerError):  # the default account is no longer one: the flag named another
+        _replication(server, "sqld-replica", "rep1")
+
+
+def test_item5_a_stalled_base_backup_leaves_no_copy_in_the_data_folder(secured, tmp_path):
+    server = secured()
+    with psycopg.connect(server.dsn(user="alice", password="s3cret"), autocommit=True) as c:
+        c.execute("create table big(x)")
+        c.execute("insert into big with recursive r(i) as (select 1 union all select i + 1 from r where i < 3000) "
+                  "select randomblob(10000) from r")
+    w = _replication(server, "sqld-replica", "rep1")
+    w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    w.sock.sendall(m.Query("BASE_BACKUP").encode())  # and read nothing
+    time.sleep(2)
+    leftovers = [p.name for p in (tmp_path / "db").iterdir() if "sqld-snapshot" in p.name]
+    assert leftovers == []
+    w.sock.close()
+
+
+# -- 6. schema_version, shadow tables --------------------------------------------------------
+
+
+def test_item6_schema_version_is_refused_and_connections_are_defensive(sqld_server, table_name):
+    pub, priv = f"{table_name}_pub", f"{table_name}_priv"
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as a, \
+            psycopg.connect(sqld_server.dsn(), autocommit=True) as b:
+        a.execute(f"create table {pub}(x)")
+        a.execute(f"insert into {pub} values ('public')")
+        assert b.execute(f"select * from {pub}").fetchall() == [("public",)]
+        version = a.execute("pragma schema_version").fetchone()[0]
+        a.execute(f"drop table {pub}")
+        a.execute(f"create table {priv}(secret)")
+        a.execute(f"insert into {priv} values ('private')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            a.execute(f"pragma schema_version = {version}")
+        with pytest.raises(psycopg.Error):
+            b.execute(f"select * from {pub}")
+        f = f"{table_name}_fts"
+        a.execute(f"create virtual table {f} using fts5(body)")
+        a.execute(f"insert into {f} values ('hello world')")
+        for sql in (f"delete from {f}_data", f"update {f}_idx set pgno = 99", f"insert into {f}_content values (9, 'x')"):
+            with pytest.raises(psycopg.Error):
+                a.execute(sql)
+        assert a.execute(f"select count(*) from {f} where {f} match 'hello'").fetchone() == (1,)
+
+
+# -- 7. ATTACH '' ----------------------------------------------------------------------------
+
+
+def test_item7_attach_empty_is_refused_and_vacuum_still_works(sqld_server, table_name):
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        for sql in ("attach '' as e1", "attach database '' as e2", "ATTACH ''  AS \"x\""):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(sql)
+        assert [r[1] for r in c.execute("select * from pragma_database_list").fetchall()] == ["main"]
+        c.execute(f"create table {table_name}(x)")
+        c.execute(f"insert into {table_name} values (1)")
+        c.execute("vacuum")
+        c.execute("vacuum main")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # right after a VACUUM too
+            c.execute("attach '' as e3")
+        with pytest.raises(psycopg.Error):  # a VACUUM that fails before its own ATTACH leaves nothing open
+            c.execute("begin")
+            c.execute("vacuum")
+        c.execute("rollback")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("attach '' as e4")
+        assert c.execute(f"select * from {table_name}").fetchall() == [(1,)]
+
+
+# -- 10. user names cannot be enumerated -----------------------------------------------------
+
+
+def _salt(server, user: str) -> bytes:
+    import base64
+
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(m.StartupMessage({"user": user, "database": "main"}).encode())
+        sock.recv(4096)  # AuthenticationSASL
+        client = scramp.ScramClient(["SCRAM-SHA-256"], user, "x")
+        first = client.get_client_first().encode()
+        sock.sendall(m.PasswordMessage(b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first).encode())
+        data = sock.recv(4096)
+        fields = dict(kv.split("=", 1) for kv in data[9:].decode().split(","))
+        return base64.b64decode(fields["s"]), fields["i"]
+
+
+def test_item10_made_up_salts_look_real_and_persist(start_sqld, tmp_path):
+    users = users_file(tmp_path)
+
+    def start():
+        return start_sqld("--users-file", users, db_path=tmp_path / "db")
+
+    server = start()
+    salts = {u: _salt(server, u) for u in ("nobody", "carol", "alice", "Alice")}
+    lengths = {len(s) for s, _ in salts.values()}
+    assert len(lengths) == 1, {u: len(s) for u, (s, _) in salts.items()}
+    assert len({i for _, i in salts.values()}) == 1
+    server.stop()
+    server = start()
+    assert {u: _salt(server, u) for u in salts} == salts  # the same after a restart, real and made-up
+    secret = tmp_path / "db" / ".sqld-secret"
+    assert secret.exists() and (secret.stat().st_mode & 0o077) == 0
+
+
+# -- 11. paths and look-alike names ----------------------------------------------------------
+
+
+def test_item11_no_server_paths_in_answers_or_errors(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    (tmp_path / "db" / "broken.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(server.dsn(dbname="broken"))
+    assert str(tmp_path) not in str(err.value) and "broken" in str(err.value)
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        for sql in ("pragma main.database_list", "pragma temp.database_list", "explain pragma database_list",
+                    "explain pragma main.database_list"):
+            try:
+                rows = c.execute(sql).fetchall()
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            assert str(tmp_path) not in repr(rows), sql
+        rows = c.execute("pragma database_list").fetchall()
+        assert rows[0] == (0, "main", "main") and str(tmp_path) not in repr(rows)
+        rows = c.execute("select name, file from pragma_database_list").fetchall()
+        assert rows[0] == ("main", None) and all(f is None for _, f in rows)
+    assert str(tmp_path) in server.log()  # the operator's log still says where
+
+
+@pytest.mark.parametrize("name", ["a\x7fb", "tab\tname", "rtl\u202eexe", "trailing ", " leading", "zero\u200bwidth",
+                                  "c1\u0085x", "line\u2028sep"])
+def test_item11_names_with_control_or_invisible_characters_are_refused(start_sqld, tmp_path, name):
+    server = start_sqld(db_path=tmp_path / "db")
+    with pytest.raises(ServerError) as err:
+        WireConnection(server.host, server.port, user="u", database=name, sslmode="disable")
+    assert err.value.response.sqlstate == "3D000" and "invalid database name" in err.value.response.message
+    assert sorted(p.name for p in (tmp_path / "db").iterdir() if p.name.endswith(".db")) == ["main.db"]
+
+
+def test_item11_names_differing_in_case_or_normal_form_are_one_database(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(dbname="Shop"), autocommit=True) as c:
+        c.execute("create table t(x)")
+        c.execute("insert into t values (1)")
+    for spelling in ("shop", "SHOP"):
+        with psycopg.connect(server.dsn(dbname=spelling), autocommit=True) as c:
+            assert c.execute("select x from t").fetchall() == [(1,)]
+    with psycopg.connect(server.dsn(dbname="MAIN"), autocommit=True) as c:
+        c.execute("create table in_main(x)")
+    with psycopg.connect(server.dsn(dbname="main"), autocommit=True) as c:
+        assert c.execute("select count(*) from in_main").fetchone() == (0,)
+    w1 = WireConnection(server.host, server.port, user="u", database="caf\u00e9", sslmode="disable")
+    w1.run("create table menu(x)")
+    w1.close()
+    w2 = WireConnection(server.host, server.port, user="u", database="cafe\u0301", sslmode="disable")
+    assert w2.run("select count(*) from menu").rows == [(0,)]
+    w2.close()
+    assert sorted(p.name for p in (tmp_path / "db").iterdir() if p.name.endswith(".db")) == \
+        sorted(["main.db", "shop.db", "caf\u00e9.db"])
+
+
+# -- 12. a stalled TLS handshake -------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(start_sqld, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    return start_sqld("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+                      "--startup-timeout", "30s", db_path=tmp_path / "db")
+
+
+def test_item12_a_stalled_or_broken_tls_handshake_logs_one_line(tls_server):
+    server = tls_server
+    socks = []
+    for garbage in (None, b"\x16\x03\x01\x00\x05hello-not-tls" * 3):
+        sock = socket.create_connection((server.host, server.port), timeout=20)
+        sock.sendall(m.SSLRequest().encode())
+        assert sock.recv(1) == b"S"
+        if garbage:
+            sock.sendall(garbage)
+        socks.append(sock)
+    for sock in socks:
+        assert closed(sock, wait=15)
+        sock.close()
+    time.sleep(0.5)
+    log = server.log()
+    assert "Traceback" not in log and "connection handler failed" not in log, log[-3000:]
+    assert "TLS handshake" in log
+    with psycopg.connect(server.dsn(sslmode="require")) as c:
+        assert c.execute("select 1").fetchone() == (1,)
