@@ -50,12 +50,18 @@ def _timeout(ctx, param, value):
               show_envvar=True, help="Sessions served at once; the next client gets SQLSTATE 53300.")
 @click.option("--statement-timeout", callback=_timeout, default=None, envvar="SQLD_STATEMENT_TIMEOUT",
               show_envvar=True, help="Cancel statements running longer than this (e.g. 500ms, 30s); "
-              "0 or unset: no limit. Sessions may SET statement_timeout.")
-@click.option("--idle-in-transaction-timeout", "idle_tx_timeout", callback=_timeout, default=None,
+              "0 or unset: no limit. A ceiling: sessions may SET statement_timeout lower, not higher "
+              "(nor to 0).")
+@click.option("--lock-timeout", callback=_timeout, default="30s", envvar="SQLD_LOCK_TIMEOUT", show_envvar=True,
+              help="How long a statement may wait for the writer (held by another session's "
+              "transaction) or for a free reader before failing (55P03); 0: no limit. A ceiling: "
+              "sessions may SET lock_timeout lower, not higher.")
+@click.option("--idle-in-transaction-timeout", "idle_tx_timeout", callback=_timeout, default="5min",
               envvar="SQLD_IDLE_IN_TRANSACTION_TIMEOUT", show_envvar=True,
-              help="End sessions idle inside a transaction longer than this (e.g. 60s): their "
-              "transaction rolls back, and the writer it may hold is free again. 0 or unset: never. "
-              "Sessions may SET idle_in_transaction_session_timeout.")
+              help="End sessions idle inside a transaction (or holding a suspended portal) longer than "
+              "this: their transaction rolls back, and the writer or reader it holds is free again. "
+              "0: never. A ceiling: sessions may SET idle_in_transaction_session_timeout lower, not "
+              "higher.")
 @click.option("--synchronous", type=click.Choice(["full", "normal"], case_sensitive=False), default="full",
               envvar="SQLD_SYNCHRONOUS", show_envvar=True,
               help="full: a COMMIT the client saw is on disk. normal: faster, but a power loss may "
@@ -138,7 +144,8 @@ def _timeout(ctx, param, value):
 @click.option("--primary-ca", default=None, envvar="SQLD_PRIMARY_CA", show_envvar=True, metavar="FILE",
               help="Replica: CA certificates to verify the primary with (verify-full).")
 @click.version_option(__version__, prog_name="sqld")
-def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, max_connections, statement_timeout, idle_tx_timeout,
+def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, max_connections, statement_timeout, lock_timeout,
+         idle_tx_timeout,
          synchronous,
          foreign_keys, create_databases, replication_log, replication_log_max_mb, primary, primary_database, poll_interval,
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
@@ -181,6 +188,13 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         raise click.UsageError(f"refusing to listen on {host} with no users configured: anyone who can reach it "
                                "could connect. Configure users (--user, --users-file), listen on loopback, or "
                                "pass --allow-trust.")
+    if backend == "libsql" or primary_addr is not None:
+        from sqld.datadir import claim
+
+        try:
+            claim(db_path)  # one server per database (a replica's local copy too)
+        except (SqldError, OSError) as exc:
+            raise click.UsageError(getattr(exc, "message", None) or str(exc)) from None
     if account_list:
         from sqld.auth import load_secret
         from sqld.backends.libsql import database_file
@@ -196,7 +210,8 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         raise click.BadParameter("--tls-required needs --tls-cert and --tls-key", param_hint="--tls-required")
     config = Config(
         backend=backend, fdb_cluster=fdb_cluster, fdb_namespace=fdb_namespace, db_path=db_path, listen_host=host, listen_port=port, log_level=log_level,
-        max_connections=max_connections, statement_timeout=statement_timeout, idle_tx_timeout=idle_tx_timeout,
+        max_connections=max_connections, statement_timeout=statement_timeout, lock_timeout=lock_timeout,
+        idle_tx_timeout=idle_tx_timeout,
         synchronous=synchronous.lower(), foreign_keys=foreign_keys, max_readers=max_readers,
         create_databases=create_databases, replication_log=replication_log, primary=primary_addr,
         replication_log_max_bytes=replication_log_max_mb << 20,
@@ -252,7 +267,7 @@ async def serve(config: Config) -> None:
     databases.open_main()
     try:
         factory = PgConnectionFactory(
-            SessionStackFactory(databases, statement_timeout=config.statement_timeout,
+            SessionStackFactory(databases, statement_timeout=config.statement_timeout, lock_timeout=config.lock_timeout,
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
             replication=_replication(config, databases), auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
@@ -271,9 +286,11 @@ async def serve(config: Config) -> None:
 
 
 def _startup_gate(config: Config):
-    from sqld.preauth import StartupGate
+    from sqld.preauth import DEFAULT_MAX_WAITING, StartupGate
 
-    return StartupGate(max_total=config.max_startups, max_per_peer=config.max_startups_per_peer)
+    # as many may wait for room as could ever be served, and never fewer than a thousand
+    return StartupGate(max_total=config.max_startups, max_per_peer=config.max_startups_per_peer,
+                       max_waiting=max(DEFAULT_MAX_WAITING, config.max_connections))
 
 
 def _replication(config: Config, databases):
@@ -394,7 +411,7 @@ async def serve_replica(config: Config) -> None:
                                    wait_timeout=config.replica_wait_timeout, max_connections=config.max_connections,
                                    account=account)
         factory = PgConnectionFactory(
-            SessionStackFactory(sessions, statement_timeout=config.statement_timeout,
+            SessionStackFactory(sessions, statement_timeout=config.statement_timeout, lock_timeout=config.lock_timeout,
                                 idle_tx_timeout=config.idle_tx_timeout),
             max_connections=config.max_connections, max_message_size=config.max_message_size,
             auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,

@@ -16,7 +16,8 @@ class Config:
     log_level: str = "info"
     max_connections: int = 100
     statement_timeout: float | None = None  # seconds; None: no limit
-    idle_tx_timeout: float | None = None  # seconds idle inside a transaction; None: no limit
+    lock_timeout: float | None = 30.0  # seconds a statement may wait for the writer or a reader
+    idle_tx_timeout: float | None = 300.0  # seconds idle inside a transaction; None: no limit
     synchronous: str = "full"
     foreign_keys: bool = True
     create_databases: bool = True

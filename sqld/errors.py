@@ -99,9 +99,8 @@ class LockNotAvailable(SqldError):
     sqlstate = "55P03"
     sqlite_code = 5  # SQLITE_BUSY: sqlite3 clients see "database is locked"
 
-    def __init__(self) -> None:
-        super().__init__("database is locked", detail="canceling statement due to lock timeout",
-                         hint="Another session's transaction holds the writer.")
+    def __init__(self, hint: str = "Another session's transaction holds the writer.") -> None:
+        super().__init__("database is locked", detail="canceling statement due to lock timeout", hint=hint)
 
 
 class TooManyConnections(SqldError):

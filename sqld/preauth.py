@@ -10,8 +10,11 @@ separate from ``--max-connections``, with a share per peer address and a total:
 - past the total (``--max-startups``), the oldest socket of the peer holding the most goes.
 
 Only a socket that has been starting up for ``grace`` seconds (1 s by default; a real
-client authenticates in milliseconds) is evicted; when none is that old the newcomer is
-refused (53300). Each is also bounded in time (``--startup-timeout``) and, before it has
+client authenticates in milliseconds) is evicted. When none is that old — a burst of real
+clients, a pool opening its connections at once — the newcomer *waits* for room (a socket
+that authenticates, leaves or grows old enough), within its own startup timeout; it is
+refused (53300) only when more than ``max_waiting`` sockets already wait. Each socket is
+bounded in time (``--startup-timeout``, waiting included) and, before it has
 authenticated, to messages of ``PREAUTH_MAX_MESSAGE`` bytes.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import attrs
 
 from sqld.errors import TooManyConnections
@@ -28,6 +32,7 @@ from sqld.errors import TooManyConnections
 PREAUTH_MAX_MESSAGE = 10_000
 DEFAULT_MAX_STARTUPS = 100
 DEFAULT_MAX_STARTUPS_PER_PEER = 32
+DEFAULT_MAX_WAITING = 1000
 GRACE = 1.0
 
 
@@ -41,36 +46,79 @@ class Entry:
 
 class StartupGate:
     def __init__(self, max_total: int = DEFAULT_MAX_STARTUPS, max_per_peer: int = DEFAULT_MAX_STARTUPS_PER_PEER,
-                 grace: float = GRACE) -> None:
+                 grace: float = GRACE, max_waiting: int = DEFAULT_MAX_WAITING) -> None:
         self.max_total = max_total
         self.max_per_peer = max_per_peer
         self.grace = grace
+        self.max_waiting = max_waiting
         self.by_peer: dict[str | None, list[Entry]] = {}  # each list oldest first
         self.count = 0
+        self.waiting = 0
+        self._changed: anyio.Event | None = None  # set when a socket leaves
 
-    def admit(self, peer: str | None) -> Entry:
-        """A socket that starts up now; evicts an older one, or raises 53300."""
+    async def admit(self, peer: str | None) -> Entry:
+        """A socket that starts up now: admitted at once, after evicting a stalled one, or
+        once there is room (the caller's startup timeout bounds the wait)."""
+        entry = self.try_admit(peer)
+        if entry is not None:
+            return entry
+        if self.waiting >= self.max_waiting:
+            raise TooManyConnections(
+                "sorry, too many clients are connecting at once",
+                detail=f"{self.waiting} connections are waiting to start up; at most {self.max_total} start up "
+                       f"at a time (--max-startups), {self.max_per_peer} from one address (--max-startups-per-peer).")
+        self.waiting += 1
+        try:
+            while True:
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                changed = self._changed
+                # room comes when a socket leaves, or when the oldest in the way is old enough
+                # to be evicted
+                with anyio.move_on_after(self._next_eviction(peer)):
+                    await changed.wait()
+                entry = self.try_admit(peer)
+                if entry is not None:
+                    return entry
+        finally:
+            self.waiting -= 1
+
+    def try_admit(self, peer: str | None) -> Entry | None:
+        """Admit now (evicting a socket stalled past the grace if need be), or None: no room yet."""
         now = time.monotonic()
         mine = self.by_peer.get(peer, ())
-        if len(mine) >= self.max_per_peer:
-            self._evict(mine[0], now, f"At most {self.max_per_peer} connections from one address may be "
-                        "starting up at a time (--max-startups-per-peer).")
+        if len(mine) >= self.max_per_peer and not self._evict(mine[0], now):
+            return None
         if self.count >= self.max_total:
             victims = max(self.by_peer.values(), key=len)
-            self._evict(victims[0], now, f"At most {self.max_total} connections may be starting up at a time "
-                        "(--max-startups).")
+            if not self._evict(victims[0], now):
+                return None
         entry = Entry(peer, now)
         self.by_peer.setdefault(peer, []).append(entry)
         self.count += 1
         return entry
 
-    def _evict(self, victim: Entry, now: float, detail: str) -> None:
+    def _next_eviction(self, peer: str | None) -> float:
+        """Seconds until the socket standing in ``peer``'s way may be evicted."""
+        now = time.monotonic()
+        mine = self.by_peer.get(peer)
+        candidates = []
+        if mine and len(mine) >= self.max_per_peer:
+            candidates.append(mine[0].since)
+        if self.count >= self.max_total and self.by_peer:
+            candidates.append(max(self.by_peer.values(), key=len)[0].since)
+        if not candidates:
+            return 0.0
+        return max(0.0, max(candidates) + self.grace - now) + 0.001
+
+    def _evict(self, victim: Entry, now: float) -> bool:
         if now - victim.since < self.grace:
-            raise TooManyConnections("sorry, too many clients are connecting at once", detail=detail)
+            return False
         self.leave(victim)
         victim.evicted = True
         if victim.scope is not None:
             victim.scope.cancel()
+        return True
 
     def leave(self, entry: Entry | None) -> None:
         """The socket authenticated, or went away (calling it twice is harmless)."""
@@ -81,3 +129,6 @@ class StartupGate:
         self.count -= 1
         if not entries:
             del self.by_peer[entry.peer]
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None

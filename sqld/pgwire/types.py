@@ -128,6 +128,15 @@ def _mismatch(value, oid: int) -> DataError:
     )
 
 
+def _out_of_range(value, oid: int) -> DataError:
+    """An integer column's value past its type's range: SQLite's integer arithmetic turns a
+    result past 64 bits into a REAL (9223372036854775807 + 1), PostgreSQL says 22003."""
+    err = DataError(f"{TYPE_NAMES.get(oid, oid)} out of range: {str(value)[:40]}",
+                    hint="SQLite made the result a REAL: CAST it (AS REAL) to receive it.")
+    err.sqlstate = "22003"
+    return err
+
+
 _INT_RANGES = {INT8: (-(2**63), 2**63 - 1), INT4: (-(2**31), 2**31 - 1), INT2: (-(2**15), 2**15 - 1),
                OID: (0, 2**32 - 1)}
 
@@ -138,7 +147,7 @@ def _text_int_for(oid: int):
     def encode(v) -> bytes:
         n = _int_value(v, oid)
         if not lo <= n <= hi:
-            raise _mismatch(v, oid)
+            raise _out_of_range(v, oid)
         return str(n).encode()
 
     return encode
@@ -218,7 +227,7 @@ def _bin_int_for(oid: int, layout: struct.Struct):
         try:
             return layout.pack(_int_value(v, oid))
         except struct.error:
-            raise _mismatch(v, oid) from None
+            raise _out_of_range(v, oid) from None
 
     return encode
 

@@ -71,13 +71,21 @@ class SessionState:
             raise SqldError(f'permission denied: user "{self.user}" may only read', sqlstate="42501",
                             hint="The users file marks this user readonly.")
 
-    def wait_limit(self):
-        """How long a statement may wait for the writer, and the error when it waited too long."""
+    def wait_limit(self, what: str = "writer"):
+        """How long a statement may wait for the writer (or a reader), and the error when it
+        waited too long."""
         st, lk = self.statement_timeout, self.lock_timeout
+        if what == "writer":
+            held = "the writer, held by another session's transaction"
+            hint = "Another session's transaction holds the writer."
+        else:
+            held = "a reader: every one is in use"
+            hint = ("Every reader connection (--max-readers) is in use, by other sessions' statements, "
+                    "read transactions or suspended portals.")
         if lk and (not st or lk < st):
-            return lk, LockNotAvailable
+            return lk, lambda: LockNotAvailable(hint)
         return st, lambda: QueryCanceled("canceling statement due to statement timeout",
-                                         detail="It waited for the writer, held by another session's transaction.")
+                                         detail=f"It waited for {held}.")
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -109,6 +117,11 @@ class Execute:
     # transaction block, the batch's writes then form one implicit transaction, committed
     # at Sync and rolled back whole on an error (protocol 55.2.3).
     pipelined: bool = False
+    # Rows a write returns (RETURNING) are checked by this before the write commits: the
+    # protocol layer's "can each be sent as its column's announced type", so that a row it
+    # could not send fails the statement, never a committed one (called on a worker thread;
+    # raises SqldError). None: no check.
+    check: Any = attrs.field(default=None, eq=False)
 
     def __repr__(self) -> str:
         return f"Execute({self.statement.sql[:80]!r}, {len(self.params)} params)"

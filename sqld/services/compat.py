@@ -114,15 +114,50 @@ def _unquote(value: str) -> str:
     return ", ".join(out)
 
 
+# The session settings that are timeouts, and the SessionState attribute each sets.
+TIMEOUTS = {"statement_timeout": "statement_timeout", "lock_timeout": "lock_timeout",
+            "idle_in_transaction_session_timeout": "idle_tx_timeout"}
+
+
+def show_timeout(seconds: float | None) -> str:
+    """A timeout as PostgreSQL's SHOW writes it: 0, 500ms, 30s, 5min."""
+    if not seconds:
+        return "0"
+    ms = round(seconds * 1000)
+    if ms % 60000 == 0:
+        return f"{ms // 60000}min"
+    if ms % 1000 == 0:
+        return f"{ms // 1000}s"
+    return f"{ms}ms"
+
+
+@attrs.frozen
+class Limits:
+    """The operator's timeouts (flags): ceilings a session may lower, never raise or lift."""
+
+    statement_timeout: float | None = None
+    lock_timeout: float | None = None
+    idle_tx_timeout: float | None = None
+
+    def apply(self, state: SessionState, name: str, value: str | None) -> None:
+        """The session asks for timeout ``name`` = ``value`` (None or DEFAULT: the server's);
+        it gets that, or the server's ceiling if it asked for more (or for none: 0)."""
+        attr = TIMEOUTS[name]
+        ceiling = getattr(self, attr)
+        asked = parse_timeout(value, name) if value is not None and value.upper() != "DEFAULT" else ceiling
+        if ceiling is not None and (asked is None or asked > ceiling):
+            asked = ceiling
+        setattr(state, attr, asked)
+        state.settings[name] = show_timeout(asked)
+
+
 class CompatService:
     """The compat layer: answers PostgreSQL-only statements, passes everything else inward."""
 
-    def __init__(self, inner, state: SessionState, default_statement_timeout: float | None = None,
-                 default_idle_tx_timeout: float | None = None) -> None:
+    def __init__(self, inner, state: SessionState, limits: Limits | None = None) -> None:
         self.inner = inner
         self.state = state
-        self.default_timeout = default_statement_timeout
-        self.default_idle_tx_timeout = default_idle_tx_timeout
+        self.limits = limits if limits is not None else Limits()
 
     async def __call__(self, request):
         rt = type(request)
@@ -228,12 +263,9 @@ class CompatService:
         return StaticCursor(None, [], "SET")
 
     def _assign(self, name: str, value: str) -> None:
-        if name == "statement_timeout":
-            self.state.statement_timeout = parse_timeout(value) if value else self.default_timeout
-        if name == "lock_timeout":
-            self.state.lock_timeout = parse_timeout(value, name) if value else None
-        if name == "idle_in_transaction_session_timeout":
-            self.state.idle_tx_timeout = parse_timeout(value, name) if value else self.default_idle_tx_timeout
+        if name in TIMEOUTS:
+            self.limits.apply(self.state, name, value)
+            return
         if name in ("server_version", "server_encoding", "integer_datetimes", "server_version_num"):
             raise SqldError(f'parameter "{name}" cannot be changed', sqlstate="55P02")
         self.state.settings[name] = value

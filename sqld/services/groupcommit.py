@@ -18,6 +18,11 @@ every member: an error a member saw in the group may have come from a groupmate'
 which that rollback took away. A COMMIT that lost a conflict to another process (mvsqlite,
 40001) runs the whole group again, a bounded number of times.
 
+A deferred constraint (DEFERRABLE INITIALLY DEFERRED foreign key) is checked at COMMIT on
+the whole transaction, where one member's violation could be repaired by a groupmate: while
+the schema has one, members commit one by one. Rows a member returns are checked before the
+commit (``Write.check``: could the client be sent them).
+
 The invariant: a member is answered "committed" only when the COMMIT holding it succeeded;
 whatever else happens (an exception in a SQL function, a bug here), it gets an error, and
 the loop goes on serving the others.
@@ -61,6 +66,7 @@ class Write:
     deadline: float | None
     cancelled: Any  # () -> bool
     context: Any
+    check: Any = None  # (columns, rows) -> None, raises: Execute.check, before the group commits
     done: anyio.Event = attrs.field(factory=anyio.Event)
     started: bool = False
     columns: tuple[Column, ...] | None = None
@@ -89,6 +95,7 @@ class CommitGroup:
         self.queue: list[Write] = []
         self._wake = anyio.Event()
         self.running = False
+        self._deferred, self._deferred_for = False, object()  # _has_deferred_constraints' cache
         self.groups = 0      # statistics: groups committed …
         self.statements = 0  # … and the statements in them
 
@@ -154,8 +161,30 @@ class CommitGroup:
 
     # -- on the worker thread -------------------------------------------------------------------
 
+    def _has_deferred_constraints(self, conn: Connection) -> bool:
+        """Whether the schema has a DEFERRABLE INITIALLY DEFERRED foreign key (read again
+        when the schema version moves)."""
+        conn.guard(budget=None, deadline=None, cancelled=None, context=None)
+        version = _one(conn, "pragma schema_version")
+        if version != self._deferred_for:
+            found = _one(conn, "select 1 from sqlite_schema where type = 'table' and "
+                               "sql like '%initially%deferred%' limit 1")
+            self._deferred, self._deferred_for = found is not None, version
+        return self._deferred
+
     def _run_group(self, batch: list[Write]) -> None:
         conn = self.writer
+        if len(batch) > 1 and self._has_deferred_constraints(conn):
+            # A deferred constraint is checked at COMMIT, on the whole transaction: a member's
+            # violation could be repaired by a groupmate's statement (a row inserted before its
+            # parent, the parent inserted by another session), committing what no serial order
+            # would have. Each runs in a transaction of its own, checked alone.
+            try:
+                self._alone(conn, batch)
+            except BaseException:
+                _rollback(conn)
+                raise
+            return
         pending = batch
         conflicts = 0
         try:
@@ -205,6 +234,8 @@ class CommitGroup:
                 conn.run("savepoint sqld_group")
                 columns, rows, handle = conn.start(w.statement.sql, w.params, 1 << 62)
                 w.columns, w.rows = columns, rows
+                if w.check is not None and columns:
+                    w.check(columns, rows)  # rows the client could not be sent fail the statement
                 w.changes = conn.changes()
                 w.last_rowid = conn.last_insert_rowid()
                 conn.guard(budget=None, deadline=None, cancelled=None, context=None)
@@ -252,6 +283,14 @@ def _statement_error(exc: Exception) -> SqldError:
     # is a bug in sqld.
     log.error("unexpected error in a grouped statement", exc_info=exc)
     return SqldError(f"internal error: {type(exc).__name__}: {exc}", sqlstate="XX000")
+
+
+def _one(conn: Connection, sql: str):
+    """The first value of the first row of ``sql`` (None if no row), its statement finished."""
+    _, rows, handle = conn.start(sql, (), 2)
+    if handle is not None:
+        conn.finish(handle)
+    return rows[0][0] if rows else None
 
 
 def _rollback(conn: Connection) -> None:

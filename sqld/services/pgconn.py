@@ -87,6 +87,22 @@ class PreparedStatement:
         self.descriptions.clear()
 
 
+def _value_oids(oids: list, rows) -> tuple:
+    """Result column types: the declared one (``oids``, None where there is none), else the
+    type of the column's first non-NULL value in ``rows``, else text."""
+    if None in oids:
+        oids = list(oids)
+        for i, oid in enumerate(oids):
+            if oid is None:
+                found = None
+                for row in rows:
+                    if row[i] is not None:
+                        found = t.oid_for_value(row[i])
+                        break
+                oids[i] = found or t.TEXT
+    return tuple(oids)
+
+
 @attrs.define(eq=False)
 class Portal:
     prepared: PreparedStatement
@@ -247,16 +263,24 @@ class PgConnection:
                 factory = self.factory
                 # Sockets not yet authenticated have their own budget (sqld.preauth): per
                 # peer and in total, apart from --max-connections, with small messages only.
-                entry = self.gate_entry = factory.gate.admit(self.peer())
+                # A burst waits there for room, within its startup timeout.
                 self.decoder.max_message_size = min(PREAUTH_MAX_MESSAGE, factory.max_message_size)
+                entry = None
                 try:
                     with anyio.move_on_after(factory.startup_timeout) as scope:
+                        entry = self.gate_entry = await factory.gate.admit(self.peer())
                         entry.scope = scope
                         started = await self.startup()
                 finally:
                     factory.gate.leave(entry)
                 if scope.cancelled_caught:
-                    if entry.evicted:
+                    if entry is None:
+                        log.info("closing a connection from %s: no room to start up within %g s", self.peer(),
+                                 self.factory.startup_timeout)
+                        with anyio.move_on_after(1):
+                            self.write_error(TooManyConnections("sorry, too many clients are connecting at once"))
+                            await self.flush()
+                    elif entry.evicted:
                         log.info("closing a connection from %s still starting up: others are connecting", self.peer())
                         with anyio.move_on_after(1):
                             self.write_error(TooManyConnections("sorry, too many clients are connecting at once"))
@@ -686,17 +710,7 @@ class PgConnection:
                     portal.oids = ()
                     return
                 oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols]
-            if None in oids_l:
-                rows = portal.pending
-                for i, oid in enumerate(oids_l):
-                    if oid is None:
-                        found = None
-                        for row in rows:
-                            if row[i] is not None:
-                                found = t.oid_for_value(row[i])
-                                break
-                        oids_l[i] = found or t.TEXT
-            oids = tuple(oids_l)
+            oids = _value_oids(oids_l, portal.pending)
         portal.oids = oids
         portal.encoders = self._encoders(oids, portal.result_formats)
 
@@ -729,8 +743,27 @@ class PgConnection:
             fields.append(m.Field(col.name, oid, t.TYPE_SIZES.get(oid, -1), fmt))
         return m.RowDescription(tuple(fields)).encode()
 
+    def _row_check(self, portal: Portal):
+        """Execute.check: would every row a write returns go out as its column's type (the
+        type _ensure_types will announce)? Raises the error sending it would (22000)."""
+        preset = portal.oids if portal.oids is not None else portal.prepared.row_oids
+        formats = portal.result_formats
+
+        def check(cols, rows) -> None:
+            oids = preset if preset is not None else _value_oids(
+                [c.oid or t.oid_for_decltype(c.decltype) for c in cols], rows)
+            if len(oids) != len(cols):
+                return  # answered 0A000 (the plan changed) before any row is sent
+            encoders = self._encoders(oids, formats)
+            for row in rows:
+                for v, enc in zip(row, encoders):
+                    if v is not None:
+                        enc(v)
+        return check
+
     async def _start(self, portal: Portal, first: int = BATCH_ROWS, pipelined: bool = False) -> None:
-        cur = await self.service(Execute(portal.prepared.statement, portal.params, first, pipelined))
+        cur = await self.service(Execute(portal.prepared.statement, portal.params, first, pipelined,
+                                         check=self._row_check(portal)))
         portal.cursor = cur
         if getattr(cur, "notice", None):
             self.write_notice(cur.notice)
@@ -985,9 +1018,13 @@ class PgConnection:
             if err.severity == "FATAL":
                 raise  # the session ends (its transaction rolls back with it)
             self.write_error(err)
-            if implicit:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if implicit:
                     await (await self.service(Execute(_ROLLBACK))).close()
+                else:
+                    # Whatever failed the statement (here too: a row that could not be sent),
+                    # a transaction block is failed by it, as in the extended protocol.
+                    await self.service(Abort())
         await self._ready()
 
     async def _ready(self) -> None:

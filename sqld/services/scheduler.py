@@ -50,6 +50,7 @@ from sqld.sqltext import Statement
 log = logging.getLogger(__name__)
 
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
+_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)  # a write that answers rows
 TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
 DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
 # Statements that always write go straight to the writer; others try a reader first.
@@ -114,11 +115,20 @@ class Scheduler:
 
     # -- reader pool ----------------------------------------------------------------------
 
-    async def acquire_reader(self) -> Connection:
+    async def acquire_reader(self, limit=(None, None)) -> Connection:
+        """A reader from the pool; waits for one at most ``limit`` = (seconds, error factory)
+        (SessionState.wait_limit)."""
         try:
             self._reader_slots.acquire_nowait()
         except anyio.WouldBlock:
-            await self._reader_slots.acquire()
+            timeout, error = limit
+            if timeout:
+                with anyio.move_on_after(timeout) as scope:
+                    await self._reader_slots.acquire()
+                if scope.cancelled_caught:
+                    raise error() from None
+            else:
+                await self._reader_slots.acquire()
         if self._idle_readers:
             return self._idle_readers.pop()
         try:
@@ -321,7 +331,7 @@ class SchedulerService:
 
     def _reader(self):
         """A connection to read on: the session's own, or one from the pool (awaited)."""
-        return _ready(self.own) if self.own is not None else self.s.acquire_reader()
+        return _ready(self.own) if self.own is not None else self.s.acquire_reader(self.state.wait_limit("reader"))
 
     def _release_reader(self, conn: Connection) -> None:
         if conn is not self.own:
@@ -563,7 +573,7 @@ class SchedulerService:
         if req.pipelined:
             return await self._begin_implicit(stmt, req)
         if groupable(stmt) and self.s.group.running and self.own is None:
-            write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state)
+            write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state, req.check)
             self.state.cancel_requested = False
             self.state.executing = True
             try:
@@ -577,13 +587,35 @@ class SchedulerService:
         conn = self._writer_connection()
         release = _releaser(self._after_autocommit_write, conn)
         try:
-            columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
+            if req.check is not None and _RETURNING.search(stmt.sql):
+                # Its rows are checked before it commits: run it in a transaction of its own.
+                columns, rows, handle = await self._in_thread(conn, self._checked_write, conn, stmt, req)
+            else:
+                columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except BaseException:
             release()
             raise
         if verb.startswith(DDL_VERBS):
             self.s.schema_changed()
         return ResultCursor(self, conn, columns, rows, handle, verb, release)
+
+    @staticmethod
+    def _checked_write(conn: Connection, stmt: Statement, req: Execute):
+        """An autocommit write returning rows: all of them read and checked (Execute.check)
+        inside a transaction, committed only if the check passes (on the worker thread)."""
+        conn.run("begin")
+        try:
+            columns, rows, handle = conn.start(stmt.sql, req.params, 1 << 62)
+            if handle is not None:
+                conn.finish(handle)
+            if columns:
+                req.check(columns, rows)
+            conn.run("commit")
+        except BaseException:
+            if conn.in_transaction():
+                conn.run("rollback")
+            raise
+        return columns, rows, None
 
     async def _begin_implicit(self, stmt: Statement, req: Execute):
         """A pipeline's first write outside a transaction block: it and what follows up to
@@ -637,6 +669,11 @@ class SchedulerService:
                 columns, rows, handle = await self._start(
                     conn, stmt.sql, req.params, req.first, conn.readonly or stmt.verb in READ_VERBS)
             except NeedsWriter:
+                if fresh:
+                    # The transaction's first statement, refused by the reader before it read
+                    # anything: the transaction starts on the writer instead. (Moving its
+                    # snapshot over would fail, 40001, whenever anyone committed meanwhile.)
+                    await self._abandon_tx_conn()
                 conn = await self._tx_writer_for(stmt)
                 columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except NeedsOwnConnection:

@@ -11,7 +11,7 @@ A request from ``PgConnection`` passes through, in order:
 from __future__ import annotations
 
 from sqld.services.base import SessionState
-from sqld.services.compat import CompatService, parse_timeout
+from sqld.services.compat import TIMEOUTS, CompatService, Limits
 from sqld.services.databases import PRIVATE, Databases
 from sqld.services.logging import LoggingService
 from sqld.services.replica import ReplicaSessions
@@ -23,23 +23,16 @@ class SessionStackFactory:
     (a ``Databases`` registry), or over one Scheduler for every session."""
 
     def __init__(self, databases: Databases | Scheduler, *, statement_timeout: float | None = None,
-                 idle_tx_timeout: float | None = None) -> None:
+                 lock_timeout: float | None = None, idle_tx_timeout: float | None = None) -> None:
         self.databases = databases
-        self.statement_timeout = statement_timeout
-        self.idle_tx_timeout = idle_tx_timeout
+        # The operator's limits are ceilings: a session may lower them (SET, or a startup
+        # parameter as PostgreSQL allows), never raise or lift them (sqld.services.compat).
+        self.limits = Limits(statement_timeout, lock_timeout, idle_tx_timeout)
 
     async def __call__(self, state: SessionState):
-        state.statement_timeout = self.statement_timeout
-        if state.settings.get("lock_timeout", "0") != "0":  # a startup parameter, as PostgreSQL allows
-            state.lock_timeout = parse_timeout(state.settings["lock_timeout"], "lock_timeout")
-        state.idle_tx_timeout = self.idle_tx_timeout
-        if self.idle_tx_timeout:
-            state.settings["idle_in_transaction_session_timeout"] = f"{int(self.idle_tx_timeout * 1000)}ms"
-        if state.settings.get("idle_in_transaction_session_timeout", "0") != "0":
-            state.idle_tx_timeout = parse_timeout(state.settings["idle_in_transaction_session_timeout"],
-                                                  "idle_in_transaction_session_timeout")
-        if self.statement_timeout:
-            state.settings["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
+        limits = self.limits
+        for name in TIMEOUTS:
+            limits.apply(state, name, state.settings.get(name))  # a startup parameter, or the server's
         if isinstance(self.databases, (Scheduler, ReplicaSessions)):
             service = await self.databases(state)
         elif state.database == PRIVATE:
@@ -55,5 +48,5 @@ class SessionStackFactory:
                 release()
                 raise
             service.on_close = release  # the database may close once no session uses it
-        service = CompatService(service, state, self.statement_timeout, self.idle_tx_timeout)
+        service = CompatService(service, state, limits)
         return LoggingService(service, state)

@@ -50,6 +50,17 @@ def test_expression_columns_get_types_from_values(conn):
     assert type(row[0]) is int and type(row[3]) is float
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_integer_overflow_is_out_of_range_as_in_postgresql(conn, binary):
+    """SQLite turns 9223372036854775807 + 1 into a REAL; announced as an integer (the
+    operands' type, at Describe) it is 22003, as PostgreSQL answers, and a CAST gets it."""
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+        conn.execute("select 9223372036854775807 + 1", prepare=True, binary=binary).fetchone()
+    assert "out of range" in str(err.value)
+    assert conn.execute("select cast(9223372036854775807 + 1 as real)", prepare=True,
+                        binary=binary).fetchone() == (2.0**63,)
+
+
 def test_nan_round_trips(conn):
     assert math.isnan(conn.execute("select %s + 0.0", (math.nan,)).fetchone()[0] or math.nan)
 

@@ -127,7 +127,7 @@ def test_bad_flags_are_usage_errors(tmp_path):
 def test_flags_from_environment(start_sqld):
     server = start_sqld(env={"SQLD_STATEMENT_TIMEOUT": "2s"})
     with psycopg.connect(server.dsn(), autocommit=True) as c:
-        assert c.execute("show statement_timeout").fetchone() == ("2000ms",)
+        assert c.execute("show statement_timeout").fetchone() == ("2s",)
 
 
 def test_max_connections(start_sqld):
@@ -269,5 +269,8 @@ def test_idle_in_transaction_timeout_frees_the_writer(start_sqld):
         idle.execute("select 1")
     idle.close()
     with psycopg.connect(server.dsn(), autocommit=True) as c:
+        # the flag is a ceiling: 0 (none) cannot lift it, a lower value is taken
         c.execute("set idle_in_transaction_session_timeout = 0")
-        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("0",)
+        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("300ms",)
+        c.execute("set idle_in_transaction_session_timeout = 200")
+        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("200ms",)

@@ -8,7 +8,8 @@ reproduces on any machine with the same hypothesis version); a long run asks for
 ``SQLD_FUZZ_EXAMPLES`` sets ``max_examples`` of every fuzz property (default: 1000 for the
 decoder properties, 200 for the server ones). ``SQLD_FUZZ_SEED=N`` switches from the fixed
 derandomized order to hypothesis' random search with seed N (to explore beyond what CI
-tried; a failure prints the seed again). Each module prints the number of inputs it tried
+tried; a failure prints the seed again); ``SQLD_FUZZ_NO_SHRINK=1`` reports the first failing
+input as found, unshrunk (when shrinking a slow server property would take too long). Each module prints the number of inputs it tried
 (``fuzz[...]: N inputs in S s``) at its end, in pytest's terminal output.
 """
 
@@ -20,10 +21,11 @@ import time
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, seed, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 
 _EXAMPLES = os.environ.get("SQLD_FUZZ_EXAMPLES", "").strip()
 _SEED = os.environ.get("SQLD_FUZZ_SEED", "").strip()
+_NO_SHRINK = os.environ.get("SQLD_FUZZ_NO_SHRINK", "").strip() not in ("", "0")
 
 # Inputs tried (calls of the property bodies, shrinking included), by suite name.
 TRIED: Counter = Counter()
@@ -47,6 +49,7 @@ def fuzz(default_examples: int, seconds_per_example: float = 0.05, **extra):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture,
                                HealthCheck.large_base_example],
+        **({"phases": [Phase.explicit, Phase.reuse, Phase.generate]} if _NO_SHRINK else {}),
         **extra,
     )
 

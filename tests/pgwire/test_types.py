@@ -242,7 +242,8 @@ def test_binary_mismatch_is_data_error(oid, value):
     with pytest.raises(DataError) as exc_info:
         enc(oid, 1, value)
     err = exc_info.value
-    assert err.sqlstate == "22000"
+    # an integer past its type's range is PostgreSQL's 22003; another type is 22000
+    assert err.sqlstate == ("22003" if isinstance(value, int) and oid in (t.INT8, t.INT4, t.INT2) else "22000")
     assert err.hint
 
 

@@ -245,3 +245,30 @@ def test_acknowledged_writes_survive_sigkill(start_sqld, tmp_path, synchronous):
     assert len(ledger.acked) >= 200
     log = server.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+@libsql_only
+def test_a_second_server_on_one_database_is_refused_and_a_killed_ones_lock_is_not_stale(start_sqld, tmp_path):
+    """Two sqld processes on one SQLite file would each miss the other's writes in their
+    replication logs (replicas silently diverge): the second refuses to start, naming the
+    first, whether given the folder or its main.db; after kill -9 a restart is not blocked."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    first = start_sqld(db_path=data)
+    with psycopg.connect(first.dsn(), autocommit=True) as c:
+        c.execute("create table kept (a)")
+        c.execute("insert into kept values (1)")
+    for path in (data, data / "main.db"):
+        second = subprocess.run([sys.executable, "-m", "sqld", "--db-path", str(path), "--listen-addr", "127.0.0.1:0"],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another sqld (pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    with psycopg.connect(first.dsn(), autocommit=True) as c:  # the first is untouched
+        assert c.execute("select a from kept").fetchall() == [(1,)]
+    first.stop(signal.SIGKILL)
+    again = start_sqld(db_path=data)
+    with psycopg.connect(again.dsn(), autocommit=True) as c:
+        assert c.execute("select a from kept").fetchall() == [(1,)]

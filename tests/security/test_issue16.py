@@ -3,6 +3,7 @@ should not. A test per item (items 3, 8 and 9 are tested with the session code).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -10,6 +11,8 @@ import subprocess
 import threading
 import time
 
+import anyio
+import asyncpg
 import psutil
 import psycopg
 import pytest
@@ -74,9 +77,10 @@ def test_item1_silent_sockets_do_not_lock_out_new_clients(start_sqld, tmp_path):
         assert out.stdout.strip() == "42", out.stderr
         assert time.monotonic() - started < 5
         assert "too many clients" not in out.stderr
-    # a peer holds a few unauthenticated sockets, not as many as it opens
+    # a peer holds a few unauthenticated sockets, not as many as it opens: past its share the
+    # newcomers wait, then evict the stalled ones once those are a second old
     many = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(60)]
-    time.sleep(0.5)
+    time.sleep(1.8)
     open_now = sum(not closed(s) for s in many)
     assert open_now <= 32, f"{open_now} unauthenticated sockets kept open for one peer (--max-startups-per-peer 32)"
     for s in silent + many:
@@ -104,7 +108,7 @@ def test_item1_startup_gate_limits_per_peer_and_in_total():
     gate = StartupGate(max_total=6, max_per_peer=3, grace=0.0)
 
     def admit(peer):
-        entry = gate.admit(peer)
+        entry = gate.try_admit(peer)
         entry.scope = Scope()
         return entry
 
@@ -119,12 +123,43 @@ def test_item1_startup_gate_limits_per_peer_and_in_total():
     for e in (a[2], a4, *b, c, d):
         gate.leave(e)
     assert gate.count == 0 and not gate.by_peer
-    young = StartupGate(max_total=2, max_per_peer=2, grace=60.0)
-    young.admit("p")
-    young.admit("p")
-    with pytest.raises(Exception) as err:
-        young.admit("p")
-    assert getattr(err.value, "sqlstate", None) == "53300"
+    # young sockets are never evicted: the newcomer waits for room (a socket that leaves) ...
+    young = StartupGate(max_total=10, max_per_peer=2, grace=60.0, max_waiting=1)
+    first, _second = young.try_admit("p"), young.try_admit("p")
+    assert young.try_admit("p") is None
+
+    async def burst():
+        got = []
+
+        async def newcomer():
+            got.append(await young.admit("p"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(newcomer)
+            await anyio.sleep(0.1)
+            assert not got and young.waiting == 1
+            # ... and only so many wait: past max_waiting the newcomer is refused, 53300
+            with pytest.raises(Exception) as err:
+                await young.admit("p")
+            assert getattr(err.value, "sqlstate", None) == "53300"
+            young.leave(first)
+        assert len(got) == 1 and young.count == 2 and young.waiting == 0 and not first.evicted
+    anyio.run(burst)
+
+
+def test_item1_a_burst_of_real_clients_from_one_address_waits_and_gets_in(start_sqld, tmp_path):
+    """A pool opening many connections at once from one address (on loopback every client is
+    one peer) is not refused for being more than --max-startups-per-peer: the newcomers wait."""
+    server = start_sqld("--max-connections", "200", "--max-startups-per-peer", "4", "--max-startups", "8",
+                        db_path=tmp_path / "db")
+
+    async def main():
+        conns = await asyncio.gather(*(asyncpg.connect(host=server.host, port=server.port, user="tester",
+                                                       database="main", timeout=30) for _ in range(120)))
+        assert [await c.fetchval("select 1") for c in conns] == [1] * 120
+        for c in conns:
+            await c.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert "Traceback" not in server.log()
 
 
 # -- 2. memory before a password -------------------------------------------------------------
@@ -450,3 +485,83 @@ def test_item12_a_stalled_or_broken_tls_handshake_logs_one_line(tls_server):
     assert "TLS handshake" in log
     with psycopg.connect(server.dsn(sslmode="require")) as c:
         assert c.execute("select 1").fetchone() == (1,)
+
+
+# -- 9. the operator's timeouts are ceilings -------------------------------------------------
+
+
+def test_item9_server_timeouts_are_ceilings_a_session_may_only_lower(start_sqld, tmp_path):
+    server = start_sqld("--statement-timeout", "1s", "--lock-timeout", "300ms",
+                        "--idle-in-transaction-timeout", "2s", db_path=tmp_path / "db")
+    long_query = "with recursive s(i) as (select 1 union all select i + 1 from s) select count(*) from s"
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("show statement_timeout").fetchone() == ("1s",)
+        for lift in ("0", "'10min'", "default"):
+            c.execute(f"set statement_timeout = {lift}")
+            assert c.execute("show statement_timeout").fetchone() == ("1s",), lift
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute(long_query)
+        assert time.monotonic() - started < 5
+        c.execute("set statement_timeout = 100")  # lower: allowed
+        assert c.execute("show statement_timeout").fetchone() == ("100ms",)
+        c.execute("reset statement_timeout")
+        assert c.execute("show statement_timeout").fetchone() == ("1s",)
+        c.execute("set lock_timeout = 0")
+        c.execute("set idle_in_transaction_session_timeout = '1h'")
+        assert c.execute("show lock_timeout").fetchone() == ("300ms",)
+        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("2s",)
+        c.execute("create table held (a)")
+    # a startup parameter cannot lift them either
+    with psycopg.connect(server.dsn(), autocommit=True, options="-c statement_timeout=0 -c lock_timeout=0") as c:
+        assert c.execute("show statement_timeout").fetchone() == ("1s",)
+        assert c.execute("show lock_timeout").fetchone() == ("300ms",)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute(long_query)
+    # waiting for the writer is bounded by the lock timeout, even after SET lock_timeout = 0
+    with psycopg.connect(server.dsn(), autocommit=True) as a, psycopg.connect(server.dsn(), autocommit=True) as b:
+        a.execute("begin")
+        a.execute("insert into held values (1)")
+        b.execute("set lock_timeout = 0")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            b.execute("insert into held values (2)")
+        assert time.monotonic() - started < 5
+        a.execute("commit")
+        b.execute("insert into held values (3)")
+        assert b.execute("select count(*) from held").fetchone() == (2,)
+
+
+def test_item9_finite_defaults_for_lock_waits_and_idle_transactions(start_sqld, tmp_path):
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("show statement_timeout").fetchone() == ("0",)
+        assert c.execute("show lock_timeout").fetchone() == ("30s",)
+        assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("5min",)
+        c.execute("set lock_timeout = '1h'")
+        assert c.execute("show lock_timeout").fetchone() == ("30s",)
+    # 0 on the command line: no ceiling, as before
+    free = start_sqld("--lock-timeout", "0", "--idle-in-transaction-timeout", "0", db_path=tmp_path / "db2")
+    with psycopg.connect(free.dsn(), autocommit=True) as c:
+        assert c.execute("show lock_timeout").fetchone() == ("0",)
+        c.execute("set lock_timeout = '1h'")
+        assert c.execute("show lock_timeout").fetchone() == ("1h",) or \
+            c.execute("show lock_timeout").fetchone() == ("60min",)
+
+
+def test_item3_waiting_for_a_reader_has_a_deadline(start_sqld, tmp_path):
+    """Every reader held (here the only one, by a read-only transaction): another session's
+    read waits at most the lock timeout, then fails 55P03 naming the readers; not forever."""
+    server = start_sqld("--max-readers", "1", "--lock-timeout", "500ms", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as a, psycopg.connect(server.dsn(), autocommit=True) as b:
+        a.execute("create table r (a)")
+        a.execute("insert into r values (1)")
+        a.execute("begin read only")
+        assert a.execute("select a from r").fetchall() == [(1,)]
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable) as err:
+            b.execute("select a from r")
+        assert time.monotonic() - started < 5
+        assert "reader" in (err.value.diag.message_hint or "")
+        a.execute("commit")
+        assert b.execute("select a from r").fetchall() == [(1,)]

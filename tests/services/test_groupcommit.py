@@ -113,6 +113,39 @@ async def test_deferred_foreign_key_failure_at_commit_fails_only_its_statement(s
     await with_group(scheduler, body)
 
 
+async def test_a_deferred_violation_is_not_repaired_by_a_groupmate(scheduler):
+    """Found by the differential fuzzer: an insert of a child whose parent does not exist
+    (deferred FK) and another session's update that points the child at a real parent, in
+    one group, committed together — though the insert alone must fail (23503) in every
+    serial order. With a deferred constraint in the schema, members commit one by one."""
+    async def body():
+        admin = await session(scheduler)
+        await run(admin, "create table p(id integer primary key)")
+        await run(admin, "create table c(id integer primary key, pid integer references p(id) "
+                         "deferrable initially deferred)")
+        await run(admin, "insert into p values (1)")
+        first = scheduler.group.groups
+        results: dict[str, str] = {}
+
+        async def write(name: str, sql: str) -> None:
+            s = await session(scheduler)
+            try:
+                _, results[name] = await run(s, sql)
+            except SqldError as exc:
+                results[name] = exc.sqlstate
+
+        for _ in range(20):  # queued together: the loop takes both into one batch
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write, "orphan", "insert into c(pid) values (99)")
+                tg.start_soon(write, "repair", "update c set pid = 1 where pid = 99")
+            assert results["orphan"] == "23503", results
+            rows, _ = await run(admin, "select count(*) from c where pid = 99")
+            assert rows == [(0,)]
+        assert scheduler.group.groups > first  # the writes went through the commit loop
+
+    await with_group(scheduler, body)
+
+
 async def test_without_the_loop_writes_commit_alone(scheduler):
     admin = await session(scheduler)
     await run(admin, "create table t(v integer)")
