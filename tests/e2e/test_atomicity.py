@@ -12,6 +12,7 @@ a block fails the block, as PostgreSQL does.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import psycopg
@@ -35,7 +36,9 @@ def _values(conn, table):
     "simple",  # psycopg without parameters: the simple query protocol, the group commit
     "extended",  # with a parameter: Parse/Bind/Execute
     "alone",  # OR ROLLBACK is never grouped: the write runs alone on the writer
-    "own-connection",  # a session with a temp table writes on its own connection
+    pytest.param("own-connection", marks=pytest.mark.xfail(
+        os.environ.get("SQLD_TEST_BACKEND") == "mvsqlite", strict=True,
+        reason="open defect: on mvsqlite a session's own connection commits such a write (issue 10 note)")),
 ])
 def test_a_write_whose_rows_cannot_be_sent_is_not_committed(conn, table_name, how):
     conn.execute(f"create table {table_name} (id integer primary key, v)")
