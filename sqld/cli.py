@@ -58,7 +58,7 @@ def _timeout(ctx, param, value):
               "sessions may SET lock_timeout lower, not higher.")
 @click.option("--idle-in-transaction-timeout", "idle_tx_timeout", callback=_timeout, default="5min",
               envvar="SQLD_IDLE_IN_TRANSACTION_TIMEOUT", show_envvar=True,
-              help="End sessions idle inside a transaction (or holding a suspended portal) longer than "
+              help="End sessions idle inside a transaction longer than "
               "this: their transaction rolls back, and the writer or reader it holds is free again. "
               "0: never. A ceiling: sessions may SET idle_in_transaction_session_timeout lower, not "
               "higher.")

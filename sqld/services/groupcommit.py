@@ -202,6 +202,13 @@ class CommitGroup:
             _rollback(conn)
             raise
 
+    def run_alone(self, conn: Connection, write: Write) -> None:
+        """One write in a transaction of its own on ``conn`` (the writer, or a session's own
+        connection; its lock held), with a member's guarantees: all or nothing under its
+        savepoint, rows checked before COMMIT, conflicts with other processes run again. On
+        the worker thread; the outcome is in ``write`` (``error`` set if it failed)."""
+        self._alone(conn, [write])
+
     def _alone(self, conn: Connection, members: list[Write], retry_conflicts: bool = True) -> None:
         """Run each member in a transaction of its own: after a group failed at COMMIT, the
         errors members saw may have come from a groupmate's rows, now rolled back."""

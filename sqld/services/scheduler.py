@@ -50,7 +50,6 @@ from sqld.sqltext import Statement
 log = logging.getLogger(__name__)
 
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
-_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)  # a write that answers rows
 TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
 DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
 # Statements that always write go straight to the writer; others try a reader first.
@@ -59,6 +58,9 @@ WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DRO
 # Statements that never write: on the writer too they may run inline under a step budget
 # (an interrupted read leaves the transaction as it was; an interrupted write would not).
 READ_VERBS = frozenset(("SELECT", "VALUES", "EXPLAIN"))
+# Row changes (and WITH … INSERT/UPDATE/DELETE, which reach the writer when a reader refuses
+# them): an autocommit one running alone runs in a transaction of its own (_atomic_write).
+ATOMIC_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"))
 _DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
 _INSERT_VERBS = frozenset(("INSERT", "REPLACE"))
 _NO_ROWS_INFO = StatementInfo(columns=(), param_count=0, readonly=True)
@@ -587,11 +589,9 @@ class SchedulerService:
         conn = self._writer_connection()
         release = _releaser(self._after_autocommit_write, conn)
         try:
-            if req.check is not None and _RETURNING.search(stmt.sql):
-                # Its rows are checked before it commits: run it in a transaction of its own.
-                columns, rows, handle = await self._in_thread(conn, self._checked_write, conn, stmt, req)
-            else:
-                columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
+            if verb in ATOMIC_VERBS:
+                return await self._atomic_write(conn, stmt, req, release)
+            columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
         except BaseException:
             release()
             raise
@@ -599,23 +599,23 @@ class SchedulerService:
             self.s.schema_changed()
         return ResultCursor(self, conn, columns, rows, handle, verb, release)
 
-    @staticmethod
-    def _checked_write(conn: Connection, stmt: Statement, req: Execute):
-        """An autocommit write returning rows: all of them read and checked (Execute.check)
-        inside a transaction, committed only if the check passes (on the worker thread)."""
-        conn.run("begin")
+    async def _atomic_write(self, conn: Connection, stmt: Statement, req: Execute, release):
+        """An autocommit row change running alone (not grouped: OR ROLLBACK, or a session on
+        its own connection), all or nothing as in PostgreSQL. In SQLite's own autocommit a
+        RAISE(FAIL) or OR FAIL keeps what the statement changed before the error; so it runs
+        as a group of one (CommitGroup.run_alone): in a transaction, under a savepoint, its
+        rows (RETURNING) checked before the COMMIT, a conflict with another process run again."""
+        write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state, req.check)
+        self.state.cancel_requested = False
+        self.state.executing = True
         try:
-            columns, rows, handle = conn.start(stmt.sql, req.params, 1 << 62)
-            if handle is not None:
-                conn.finish(handle)
-            if columns:
-                req.check(columns, rows)
-            conn.run("commit")
-        except BaseException:
-            if conn.in_transaction():
-                conn.run("rollback")
-            raise
-        return columns, rows, None
+            await anyio.to_thread.run_sync(self.s.group.run_alone, conn, write, limiter=self.s.limiter)
+        finally:
+            self.state.executing = False
+        if write.error is not None:
+            raise write.error
+        return ResultCursor(self, conn, write.columns, write.rows, None, stmt.verb, release, write.changes,
+                            write.last_rowid)
 
     async def _begin_implicit(self, stmt: Statement, req: Execute):
         """A pipeline's first write outside a transaction block: it and what follows up to

@@ -2,7 +2,7 @@
 
 Each example draws a schema (tables with unique, not null and check constraints, an
 immediate and a deferred foreign key, triggers that ``RAISE(ABORT | FAIL | ROLLBACK |
-IGNORE)`` and one that writes a log table) and, for three sessions, a program of *units*:
+IGNORE)``, one that writes a log table and an AFTER INSERT one raising FAIL) and, for three sessions, a program of *units*:
 
 * an autocommit statement (simple Query; or extended protocol when it has parameters),
   drawn from DML against the constraints (with every ``OR`` conflict clause), reads, DDL,
@@ -94,6 +94,8 @@ class Schema:
             f"create trigger p_keep before delete on p when old.name = 'keep' "
             f"begin select raise({self.keep}{'' if self.keep == 'ignore' else ', ' + repr('keep stays')}); end",
             "create trigger c_log after insert on c begin insert into log(what) values ('c' || new.id); end",
+            # FAIL keeps, in SQLite, what the statement did before the error: sqld must not
+            "create trigger c_fail after insert on c when new.v = 'bad' begin select raise(fail, 'bad'); end",
             "insert into p (id, name, n) values (1, 'keep', 1), (2, 'two', 2)",
         ]
 
@@ -110,7 +112,7 @@ schemas = st.builds(Schema, guard=st.sampled_from(["abort", "fail", "rollback", 
 ids = st.integers(1, 6)
 small = st.integers(-3, 60)
 INT_EDGES = [0, -1, 2**31, -(2**31), 2**63 - 1, -(2**63)]
-text_values = st.sampled_from(["''", "'a'", "'keep'", "'two'", "'ü€'", "'it''s'", "NULL", "x'00ff'", "1.5",
+text_values = st.sampled_from(["''", "'a'", "'bad'", "'keep'", "'two'", "'ü€'", "'it''s'", "NULL", "x'00ff'", "1.5",
                                "9223372036854775807", "-9223372036854775808", "'9'", "zeroblob(2)"])
 conflict = st.sampled_from(["", " or replace", " or ignore", " or fail", " or abort", " or rollback"])
 names = st.sampled_from(["'keep'", "'two'", "'three'", "'four'", "NULL", "''"])
@@ -151,6 +153,11 @@ def _dml(draw) -> str:
     if kind == 8:
         return f"insert into d (pid, v) values ({draw(st.sampled_from([str(k), '99', 'NULL']))}, {draw(text_values)})"
     if kind == 9:
+        if draw(st.booleans()):  # two rows, the second maybe failing (c_fail, OR FAIL)
+            # (OR ROLLBACK is never grouped: it runs alone, outside the group's savepoints)
+            how = draw(st.sampled_from(["", " or fail", " or rollback", " or ignore"]))
+            second = draw(st.one_of(st.just("'bad'"), text_values))
+            return f"insert{how} into c (id, pid, v) values ({draw(ids)}, {k}, 'a'), ({draw(ids)}, {k}, {second})"
         return f"delete from c where pid = {k}"
     if kind == 10:
         return f"update d set pid = {draw(st.sampled_from([str(k), '99']))} where id = (select max(id) from d)"

@@ -124,24 +124,13 @@ async def test_a_deferred_violation_is_not_repaired_by_a_groupmate(scheduler):
         await run(admin, "create table c(id integer primary key, pid integer references p(id) "
                          "deferrable initially deferred)")
         await run(admin, "insert into p values (1)")
-        first = scheduler.group.groups
-        results: dict[str, str] = {}
-
-        async def write(name: str, sql: str) -> None:
-            s = await session(scheduler)
-            try:
-                _, results[name] = await run(s, sql)
-            except SqldError as exc:
-                results[name] = exc.sqlstate
-
-        for _ in range(20):  # queued together: the loop takes both into one batch
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(write, "orphan", "insert into c(pid) values (99)")
-                tg.start_soon(write, "repair", "update c set pid = 1 where pid = 99")
-            assert results["orphan"] == "23503", results
-            rows, _ = await run(admin, "select count(*) from c where pid = 99")
-            assert rows == [(0,)]
-        assert scheduler.group.groups > first  # the writes went through the commit loop
+        outcomes = await _in_one_group(scheduler, [
+            ("insert into c(pid) values (99)", ()),  # no parent: must fail at its COMMIT
+            ("update c set pid = 1 where pid = 99", ()),  # would repair it, in the same transaction
+        ])
+        assert outcomes == ["23503", "UPDATE 0"]
+        rows, _ = await run(admin, "select count(*) from c")
+        assert rows == [(0,)]
 
     await with_group(scheduler, body)
 
