@@ -34,6 +34,66 @@ class SchemaClock:
     value: int = 0
 
 
+class SessionMemory:
+    """What one session keeps between its messages — prepared statements, portals with
+    their parameters, settings — counted against ``--max-session-memory``: one session
+    cannot take the server's memory with many 16 MiB Parse or SET messages."""
+
+    OVERHEAD = 256  # bytes per entry besides its text (its objects)
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if n > 0 and self.limit and self.used + n > self.limit:
+            raise SqldError(
+                "out of memory", sqlstate="53200",
+                detail=f"This session would keep {(self.used + n) / 2**20:.1f} MiB of prepared statements, portals "
+                       f"and settings; each session may keep {self.limit / 2**20:.0f} MiB (--max-session-memory).",
+                hint="Close (DEALLOCATE) prepared statements and portals no longer needed.")
+        self.used += n
+
+
+class Held(dict):
+    """A dict whose entries are counted in a SessionMemory (``size(value)`` bytes each)."""
+
+    def __init__(self, memory: SessionMemory, size, items=()) -> None:
+        super().__init__()
+        self._memory, self._size, self._sizes = memory, size, {}
+        for k, v in dict(items).items():
+            self[k] = v
+
+    def __setitem__(self, key, value) -> None:
+        n = self._size(value) + SessionMemory.OVERHEAD
+        self._memory.take(n - self._sizes.get(key, 0))
+        self._sizes[key] = n
+        dict.__setitem__(self, key, value)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args, **kwargs) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __delitem__(self, key) -> None:
+        dict.__delitem__(self, key)
+        self._memory.take(-self._sizes.pop(key, 0))
+
+    def pop(self, key, *default):
+        if key in self:
+            self._memory.take(-self._sizes.pop(key, 0))
+        return dict.pop(self, key, *default)
+
+    def clear(self) -> None:
+        self._memory.take(-sum(self._sizes.values()))
+        self._sizes.clear()
+        dict.clear(self)
+
+
 @attrs.define(eq=False)
 class SessionState:
     """What one client session carries across requests (shared by every layer).
@@ -47,7 +107,8 @@ class SessionState:
     user: str = ""
     database: str = ""
     application_name: str = ""
-    settings: dict[str, str] = attrs.Factory(dict)
+    settings: dict[str, str] = attrs.Factory(dict)  # a Held dict, in a PgConnection's session
+    memory: SessionMemory = attrs.Factory(SessionMemory)  # what the session keeps, counted
     reported: dict[str, str] = attrs.Factory(dict)
     statement_timeout: float | None = None  # seconds
     lock_timeout: float | None = None  # seconds a statement may wait for the writer

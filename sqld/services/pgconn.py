@@ -25,7 +25,7 @@ from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.services import copy
-from sqld.services.base import Abort, Describe, Execute, Peek, SessionState, Sync, Terminate
+from sqld.services.base import Abort, Describe, Execute, Held, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 
@@ -103,6 +103,14 @@ def _value_oids(oids: list, rows) -> tuple:
     return tuple(oids)
 
 
+def _statement_size(ps: PreparedStatement) -> int:
+    return len(ps.statement.sql)
+
+
+def _portal_size(portal: Portal) -> int:
+    return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in portal.params)
+
+
 @attrs.define(eq=False)
 class Portal:
     prepared: PreparedStatement
@@ -154,8 +162,9 @@ class PgConnectionFactory:
     def __init__(self, session_factory, *, max_connections: int = 100,
                  max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
                  tls_required: bool = False, startup_timeout: float = 60.0,
-                 max_sql_length: int = 16 * 1024 * 1024) -> None:
+                 max_sql_length: int = 16 * 1024 * 1024, max_session_memory: int | None = 64 << 20) -> None:
         self.session_factory = session_factory
+        self.max_session_memory = max_session_memory  # bytes a session keeps between messages
         self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
         self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
         self.tls_required = tls_required
@@ -187,8 +196,10 @@ class PgConnection:
         self.out_size = 0
         self.state: SessionState | None = None
         self.service = None
-        self.statements: dict[str, PreparedStatement] = {}
-        self.portals: dict[str, Portal] = {}
+        # Kept between messages, counted against --max-session-memory (with the settings).
+        self.memory = SessionMemory(factory.max_session_memory)
+        self.statements: dict[str, PreparedStatement] = Held(self.memory, _statement_size)
+        self.portals: dict[str, Portal] = Held(self.memory, _portal_size)
         self.skip_to_sync = False
         self.counted = False
         self.status = b"I"  # as last told to the client in ReadyForQuery
@@ -383,7 +394,8 @@ class PgConnection:
         state = self.factory.registry.new_state()
         state.user = user
         state.database = params.get("database") or user
-        state.settings = initial_settings(user, params)
+        state.settings = Held(self.memory, len, initial_settings(user, params))
+        state.memory = self.memory
         state.application_name = state.settings.get("application_name", "")
         state.ext = params.get(EXT_PARAM) == "1"
         state.read_only_user = account is not None and account.read_only
@@ -556,8 +568,9 @@ class PgConnection:
             state.deallocate.clear()
 
     async def _close_portals(self) -> None:
-        portals, self.portals = self.portals, {}
-        for p in portals.values():
+        portals = list(self.portals.values())
+        self.portals.clear()
+        for p in portals:
             if p.cursor is not None:
                 await p.cursor.close()
 

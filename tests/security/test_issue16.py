@@ -565,3 +565,39 @@ def test_item3_waiting_for_a_reader_has_a_deadline(start_sqld, tmp_path):
         assert "reader" in (err.value.diag.message_hint or "")
         a.execute("commit")
         assert b.execute("select a from r").fetchall() == [(1,)]
+
+
+# -- 8. what a session keeps is capped ----------------------------------------------------------
+
+
+def test_item8_prepared_statements_portals_and_settings_are_capped_per_session(start_sqld, tmp_path):
+    from tests.rawclient import RawClient
+
+    server = start_sqld("--max-session-memory-mb", "8", db_path=tmp_path / "db")
+    big = "select '" + "x" * (2 << 20) + "'"  # 2 MiB of statement text
+    c = RawClient(server.host, server.port)
+    try:
+        answers = []
+        for i in range(5):
+            c.send(m.Parse(f"s{i}", big), m.Sync())
+            answers.append(c.until_ready())
+        kinds = [type(a[0]).__name__ for a in answers]
+        assert kinds[:3] == ["ParseComplete"] * 3, kinds
+        err = answers[3][0]
+        assert isinstance(err, m.ErrorResponse) and err.sqlstate == "53200", err
+        assert "--max-session-memory" in (err.detail or "") and err.severity == "ERROR"
+        # closing statements gives the room back; the session goes on
+        c.send(m.Close(b"S", "s0"), m.Close(b"S", "s1"), m.Sync())
+        c.until_ready()
+        c.send(m.Parse("s9", big), m.Sync())
+        assert isinstance(c.until_ready()[0], m.ParseComplete)
+    finally:
+        c.close()
+    with psycopg.connect(server.dsn(), autocommit=True) as s:
+        value = "y" * (2 << 20)
+        with pytest.raises(psycopg.errors.OutOfMemory):
+            for i in range(6):
+                s.execute(f"set my.v{i} = '{value}'")
+        assert s.execute("select 41 + 1").fetchone() == (42,)
+        s.execute("reset all")
+    assert "Traceback" not in server.log()
