@@ -192,12 +192,17 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
                                "could connect. Configure users (--user, --users-file), listen on loopback, or "
                                "pass --allow-trust.")
     if backend == "libsql" or primary_addr is not None:
-        from sqld.datadir import claim
+        from sqld.backends.libsql import database_file
+        from sqld.datadir import InUse, claim, lock_file
 
+        main_file = database_file(db_path)
         try:
-            claim(db_path)  # one server per database (a replica's local copy too)
-        except (SqldError, OSError) as exc:
-            raise click.UsageError(getattr(exc, "message", None) or str(exc)) from None
+            claim(main_file)  # one server per database (a replica's local copy too)
+        except InUse as exc:
+            raise click.UsageError(f"{db_path} is in use by another sqld (pid {exc.pid}): one server per "
+                                   f"database (lock {lock_file(main_file).name})") from None
+        except OSError as exc:
+            raise click.UsageError(f"cannot lock {db_path}: {exc}") from None
     if account_list:
         from sqld.auth import load_secret
         from sqld.backends.libsql import database_file

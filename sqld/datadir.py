@@ -1,15 +1,17 @@
-"""One server per database: a sqld claims its data directory (or file) for as long as it runs.
+"""One server per database: a sqld claims each database file it serves for as long as it does.
 
 Two sqld processes on one SQLite file would each believe they own it: SQLite's own locks keep
 the file consistent, but each server's replication log, group commit and caches would miss the
 other's writes (replicas silently diverge). So, like PostgreSQL's ``postmaster.pid``, a server
-holds an exclusive ``flock`` on ``NAME.sqld-lock`` beside its main database file
-(``main.db.sqld-lock`` in a data folder), with its PID inside; a second server on the same
-folder or file fails at startup naming the first. The lock goes with the process (kill -9 included):
-a stale file never blocks a restart.
+holds an exclusive ``flock`` on ``NAME.sqld-lock`` beside each database file it has open (the
+main one from start-up: ``main.db.sqld-lock`` in a data folder), with its PID inside, the path
+resolved first (a symlink to the file is the same claim). A second server on the same folder
+or file fails at startup naming the first; a database of a folder that another server has
+open is refused to the client (55006). The lock goes with the process (kill -9 included): a
+stale file never blocks a restart.
 
 The mvsqlite backend is not claimed this way: several sqld processes on one FoundationDB
-database is what it is for.
+database is what it is for. (A hard link to a database file is not detected.)
 """
 
 from __future__ import annotations
@@ -18,22 +20,27 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqld.errors import SqldError
-
-_held: list[int] = []  # the lock files' descriptors, open for the life of the process
+_held: dict[Path, int] = {}  # resolved database file → its lock file's descriptor
 
 
-def lock_file(db_path: str | os.PathLike) -> Path:
-    """Beside the main database file (so a folder and its main.db are one claim)."""
-    from sqld.backends.libsql import database_file
-
-    main = database_file(db_path)
-    return main.with_name(main.name + ".sqld-lock")
+class InUse(Exception):
+    def __init__(self, pid: str) -> None:
+        super().__init__(pid)
+        self.pid = pid
 
 
-def claim(db_path: str | os.PathLike) -> Path:
-    """Hold the lock of ``db_path`` until the process exits; SqldError if another has it."""
-    path = lock_file(db_path)
+def lock_file(database: str | os.PathLike) -> Path:
+    path = Path(database).resolve()
+    return path.with_name(path.name + ".sqld-lock")
+
+
+def claim(database: str | os.PathLike) -> None:
+    """Hold ``database``'s lock until release() or the process exits (again: nothing more);
+    InUse(pid) if another process holds it."""
+    key = Path(database).resolve()
+    if key in _held:
+        return
+    path = lock_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -43,12 +50,16 @@ def claim(db_path: str | os.PathLike) -> Path:
             other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         finally:
             os.close(fd)
-        raise SqldError(f"{db_path} is in use by another sqld (pid {other}): one server per database "
-                        f"(lock {path.name})") from None
+        raise InUse(other) from None
     except OSError:
         os.close(fd)
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held.append(fd)
-    return path
+    _held[key] = fd
+
+
+def release(database: str | os.PathLike) -> None:
+    fd = _held.pop(Path(database).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # the flock goes with it (the file stays: removing it would race a claimer)

@@ -78,7 +78,45 @@ def initial_settings(user: str, params: dict[str, str]) -> dict[str, str]:
         if k in ("user", "database", "options", "replication") or k.startswith("_pq_."):
             continue
         settings[k] = value
+    # libpq's options="-c name=value --name=value" (backslash escapes a space), as PostgreSQL
+    for name, value in _command_line_settings(params.get("options", "")):
+        settings[name.lower().replace("-", "_")] = value
     return settings
+
+
+def _command_line_settings(options: str):
+    """(name, value) of each ``-c name=value`` / ``--name=value`` in a startup ``options``."""
+    words, word, escaped = [], [], False
+    for ch in options:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c" and i + 1 < len(words):
+            w, i = words[i + 1], i + 1
+        elif w.startswith("-c"):
+            w = w[2:]
+        elif w.startswith("--"):
+            w = w[2:]
+        else:
+            i += 1
+            continue  # other postgres switches mean nothing here
+        name, eq, value = w.partition("=")
+        if eq and name:
+            yield name, value
+        i += 1
 
 
 def is_reported(name: str) -> bool:

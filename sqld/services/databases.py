@@ -29,6 +29,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from sqld import datadir
 from sqld.backends.libsql import LibsqlBackend, database_file
 from sqld.errors import SqldError, TooManyConnections
 from sqld.services.scheduler import Scheduler
@@ -84,6 +85,7 @@ class Databases:
         self.opener = opener
         self.main_file = database_file(db_path) if opener is None else self.db_path
         self.folder_mode = opener is not None or self.main_file != self.db_path
+        self._claimed: dict[str, Path] = {}  # open databases this process holds the lock of (sqld.datadir)
         self.create = create
         self.max_open = max_open  # besides main
         self.idle_timeout = idle_timeout  # None: never closed for being idle
@@ -107,8 +109,21 @@ class Databases:
         if self.opener is not None:
             backend = self.opener(name)
         else:
+            if name != MAIN:  # (main: claimed by the process at start-up, sqld.datadir)
+                try:
+                    datadir.claim(path)
+                except datadir.InUse as exc:
+                    raise SqldError(f'database "{name}" is in use by another sqld (pid {exc.pid})', sqlstate="55006",
+                                    hint="One server per database: connect to the server that has it open.") from None
+                self._claimed[name] = path
             backend = LibsqlBackend(path, **self._options)
-        backend.open()
+        try:
+            backend.open()
+        except BaseException:
+            claimed = self._claimed.pop(name, None)
+            if claimed is not None:
+                datadir.release(claimed)
+            raise
         scheduler = Scheduler(backend, **self._scheduler_options)
         self.open[name] = scheduler
         self._sessions[name] = 0
@@ -175,6 +190,8 @@ class Databases:
             try:
                 return self._open(name, path)
             except SqldError as exc:
+                if exc.sqlstate == "55006":
+                    raise  # another server has it open: its name and that server's PID
                 # The log has the path; the client gets the database's name only.
                 log.warning("cannot open database %s: %s", name, exc.message)
                 raise UnknownDatabase(f'cannot open database "{name}"', sqlstate="58030",
@@ -235,6 +252,9 @@ class Databases:
             scheduler.backend.close()
         except Exception as exc:
             log.warning("closing database %s: %s", name, exc)
+        claimed = self._claimed.pop(name, None)
+        if claimed is not None:
+            datadir.release(claimed)
         log.info("closed database %s (idle)", name)
 
     async def _close_idle(self) -> None:
@@ -276,3 +296,6 @@ class Databases:
             except Exception as exc:  # closing the others matters more
                 log.warning("closing database %s: %s", name, exc)
         self.open.clear()
+        for path in self._claimed.values():
+            datadir.release(path)
+        self._claimed.clear()

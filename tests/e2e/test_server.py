@@ -130,6 +130,17 @@ def test_flags_from_environment(start_sqld):
         assert c.execute("show statement_timeout").fetchone() == ("2s",)
 
 
+def test_settings_from_the_startup_options(sqld_server):
+    """libpq's options="-c name=value" (found by the attack review: it was ignored)."""
+    with psycopg.connect(sqld_server.dsn(), autocommit=True,
+                         options=r"-c statement_timeout=5s -clock_timeout=2s --application-name=my\ app") as c:
+        assert c.execute("show statement_timeout").fetchone() == ("5s",)
+        assert c.execute("show lock_timeout").fetchone() == ("2s",)
+        assert c.execute("show application_name").fetchone() == ("my app",)
+    with pytest.raises(psycopg.OperationalError, match="statement_timeout"):
+        psycopg.connect(sqld_server.dsn(), options="-c statement_timeout=soon")
+
+
 def test_max_connections(start_sqld):
     server = start_sqld("--max-connections", "2")
     a = psycopg.connect(server.dsn())

@@ -268,6 +268,25 @@ def test_a_second_server_on_one_database_is_refused_and_a_killed_ones_lock_is_no
         assert "Traceback" not in second.stderr
     with psycopg.connect(first.dsn(), autocommit=True) as c:  # the first is untouched
         assert c.execute("select a from kept").fetchall() == [(1,)]
+    # through a symlink to the folder, the same claim
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    second = subprocess.run([sys.executable, "-m", "sqld", "--db-path", str(link), "--listen-addr", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 2 and f"(pid {first.pid})" in second.stderr, second.stderr
+    # a database of the folder that the first has open: a server on that file starts, and the
+    # first refuses it to its clients (55006) rather than sharing the file
+    with psycopg.connect(first.dsn(dbname="other"), autocommit=True) as c:
+        c.execute("create table o (a)")
+    other = start_sqld(db_path=data / "solo.db")
+    with psycopg.connect(other.dsn(), autocommit=True) as c:
+        c.execute("create table s (a)")
+    with pytest.raises(psycopg.OperationalError, match=f"in use by another sqld \\(pid {other.pid}\\)"):
+        psycopg.connect(first.dsn(dbname="solo"))
+    taken = subprocess.run([sys.executable, "-m", "sqld", "--db-path", str(data / "other.db"), "--listen-addr",
+                            "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+    assert taken.returncode == 2 and f"(pid {first.pid})" in taken.stderr, taken.stderr
+    other.stop()
     first.stop(signal.SIGKILL)
     again = start_sqld(db_path=data)
     with psycopg.connect(again.dsn(), autocommit=True) as c:
