@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ import attrs
 from sqld.backends.base import Column
 from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
 from sqld.preauth import PREAUTH_MAX_MESSAGE, StartupGate
-from sqld.errors import AdminShutdown, ProtocolViolation, SqldError, TooManyConnections
+from sqld.errors import AdminShutdown, ProtocolViolation, QueryCanceled, SqldError, TooManyConnections
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
@@ -46,6 +47,7 @@ FAILED_AUTH_DELAY = 1.0  # seconds before a wrong password is answered
 FLUSH_AT = 64 * 1024   # write out once this much output is buffered
 BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
 
+_BATCH_MESSAGES = (m.Parse, m.Bind, m.Execute, m.Describe, m.Close)
 _PARSE_COMPLETE = m.ParseComplete().encode()
 _BIND_COMPLETE = m.BindComplete().encode()
 _CLOSE_COMPLETE = m.CloseComplete().encode()
@@ -201,6 +203,7 @@ class PgConnection:
         self.statements: dict[str, PreparedStatement] = Held(self.memory, _statement_size)
         self.portals: dict[str, Portal] = Held(self.memory, _portal_size)
         self.skip_to_sync = False
+        self.mid_batch = False  # extended-protocol messages (or a COPY) since the last Sync / Query end
         self.counted = False
         self.status = b"I"  # as last told to the client in ReadyForQuery
         self.tls = False
@@ -245,7 +248,10 @@ class PgConnection:
             await self.flush()
 
     async def receive(self) -> None:
-        idle_limit = self.state.idle_tx_timeout if self.state is not None and self.status != b"I" else None
+        # Idle inside a transaction — or inside a batch not yet Synced, or a COPY, which hold
+        # the writer (or a reader) just the same though the status last told was I.
+        idle_limit = self.state.idle_tx_timeout if self.state is not None and (
+            self.status != b"I" or self.mid_batch) else None
         try:
             if idle_limit:
                 # A session idle inside a transaction may hold the writer: every other
@@ -502,6 +508,8 @@ class PgConnection:
             try:
                 handler = handlers.get(mt)
                 if handler is not None:
+                    if mt in _BATCH_MESSAGES:
+                        self.mid_batch = True  # until its Sync
                     await handler(msg)
                 elif mt is m.Terminate:
                     await self.flush()  # the answers to what was pipelined before it
@@ -940,9 +948,16 @@ class PgConnection:
         count = 0
         error: SqldError | None = None
         ended = False
+        self.mid_batch = True  # waiting for the client's rows holds the writer: idle-in-transaction limit
+        # The statement timeout covers the whole COPY, not each row's insert.
+        limit = self.state.statement_timeout
+        deadline = time.monotonic() + limit if limit else None
 
         async def insert_rows(rows) -> None:
             nonlocal count
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryCanceled("canceling statement due to statement timeout",
+                                    detail=f"COPY {spec.table}: {count} rows in")
             for row in rows:
                 if len(row) != len(columns):
                     raise SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < len(columns)
@@ -1042,6 +1057,7 @@ class PgConnection:
 
     async def _ready(self) -> None:
         """End a simple query or a batch: close portals of a finished transaction, ReadyForQuery."""
+        self.mid_batch = False
         try:
             status = await self.service(Sync())
         except SqldError as err:

@@ -601,3 +601,61 @@ def test_item8_prepared_statements_portals_and_settings_are_capped_per_session(s
         assert s.execute("select 41 + 1").fetchone() == (42,)
         s.execute("reset all")
     assert "Traceback" not in server.log()
+
+
+def _writer_free_within(server, seconds: float) -> float:
+    """Seconds until another session's write succeeds (it retries on 55P03)."""
+    started = time.monotonic()
+    with psycopg.connect(server.dsn(), autocommit=True) as other:
+        other.execute("set lock_timeout = '500ms'")
+        while True:
+            try:
+                other.execute("insert into w values (0)")
+                return time.monotonic() - started
+            except psycopg.errors.LockNotAvailable:
+                assert time.monotonic() - started < seconds, f"the writer was still held after {seconds} s"
+
+
+def test_item3_a_stalled_copy_or_unsynced_batch_does_not_hold_the_writer(start_sqld, tmp_path):
+    """Found by the attack review: a COPY FROM STDIN that stopped sending, or an autocommit
+    INSERT (or a suspended INSERT … RETURNING) sent without its Sync, held the writer forever:
+    waiting for the client there is idle in a transaction, the idle timeout applies."""
+    from tests.rawclient import RawClient, copy_data
+
+    server = start_sqld("--idle-in-transaction-timeout", "1s", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table w (a integer)")
+    stalls = {
+        "copy": lambda r: r.sock.sendall(m.Query("copy w from stdin").encode() + copy_data(b"1\n")),
+        "no sync": lambda r: r.send(m.Parse("", "insert into w values (2)"), m.Bind("", "", (), (), ()),
+                                    m.Execute("", 0), m.Flush()),
+        "suspended": lambda r: r.send(m.Parse("", "insert into w values (3), (4) returning a"),
+                                      m.Bind("", "", (), (), ()), m.Execute("", 1), m.Flush()),
+    }
+    for name, stall in stalls.items():
+        r = RawClient(server.host, server.port)
+        try:
+            stall(r)
+            waited = _writer_free_within(server, 10)
+            assert waited < 5, (name, waited)
+        finally:
+            r.close()
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select a from w order by a").fetchall() == [(0,)] * 3  # nothing of the stalled ones
+    assert "Traceback" not in server.log()
+
+
+def test_item9_the_statement_timeout_covers_a_whole_copy(start_sqld, tmp_path):
+    """Found by the attack review: each row of a COPY was a statement of its own, so a COPY
+    ran past --statement-timeout (and past SET statement_timeout) for as long as it had rows."""
+    server = start_sqld("--statement-timeout", "1s", db_path=tmp_path / "db")
+    rows = "".join(f"{i}\n" for i in range(200_000))
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table big (a integer)")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with c.cursor().copy("copy big from stdin") as cp:
+                for k in range(0, len(rows), 1 << 16):
+                    cp.write(rows[k:k + (1 << 16)])
+        assert time.monotonic() - started < 15
+        assert c.execute("select count(*) from big").fetchone() == (0,)
