@@ -111,6 +111,10 @@ def _timeout(ctx, param, value):
 @click.option("--max-session-memory-mb", type=click.IntRange(0), default=64, envvar="SQLD_MAX_SESSION_MEMORY_MB",
               show_envvar=True, help="What one session may keep between its messages (prepared statements, "
               "portals with their parameters, settings), in MiB; beyond, 53200 'out of memory'. 0: no limit.")
+@click.option("--max-message-memory-mb", type=click.IntRange(0), default=256, envvar="SQLD_MAX_MESSAGE_MEMORY_MB",
+              show_envvar=True, help="Large messages (over 1 MiB) being received from all sessions together, in "
+              "MiB (at least one whole message): one that finds no room waits for some, up to 30 s (or its "
+              "statement timeout), then fails its session with 53200. 0: no limit.")
 @click.option("--max-value-mb", type=click.IntRange(1, 1000), default=64, envvar="SQLD_MAX_VALUE_MB",
               show_envvar=True, help="Largest string, BLOB or row a statement may make or store, in MiB "
               "(54000 beyond).")
@@ -154,7 +158,8 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
          replica_wait_timeout, max_readers, users, users_file, auth_method, allow_trust, tls_cert, tls_key,
          tls_required, primary_user, primary_password, primary_sslmode, primary_ca, allow_unsafe_sql,
          startup_timeout, max_startups, max_startups_per_peer, max_databases, database_idle_timeout,
-         replication_users, max_sql_length, max_session_memory_mb, max_value_mb, max_memory_mb):
+         replication_users, max_sql_length, max_session_memory_mb, max_value_mb, max_memory_mb,
+         max_message_memory_mb):
     """sqld: a SQLite database served over the PostgreSQL wire protocol.
 
     Any PostgreSQL client (psql, psycopg, asyncpg, JDBC…) can connect; the SQL it sends
@@ -230,6 +235,7 @@ def main(backend, fdb_cluster, fdb_namespace, db_path, listen_addr, log_level, m
         primary_sslmode=primary_sslmode, primary_ca=primary_ca, unsafe_sql=allow_unsafe_sql,
         startup_timeout=startup_timeout or 10.0, max_sql_length=max_sql_length,
         max_session_memory_bytes=max_session_memory_mb << 20,
+        max_message_memory_bytes=max_message_memory_mb << 20,
         max_startups=max_startups, max_startups_per_peer=max_startups_per_peer,
         max_databases=max_databases, database_idle_timeout=database_idle_timeout,
         replication_users=tuple(replication_users),
@@ -282,6 +288,7 @@ async def serve(config: Config) -> None:
             replication=_replication(config, databases), auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
             startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
             max_session_memory=config.max_session_memory_bytes or None,
+            max_message_memory=config.max_message_memory_bytes or None,
         )
         factory.gate = _startup_gate(config)
         where = (f"serving {databases.main_file}" if config.backend == "libsql" else
@@ -427,6 +434,7 @@ async def serve_replica(config: Config) -> None:
             auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
             startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
             max_session_memory=config.max_session_memory_bytes or None,
+            max_message_memory=config.max_message_memory_bytes or None,
         )
         factory.gate = _startup_gate(config)
         server = await _listen(config, f"replica {node.db_file} of {host}:{port}")

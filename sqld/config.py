@@ -47,6 +47,7 @@ class Config:
     replication_users: tuple[str, ...] = ("sqld-replica",)  # who may use the replication sub-protocol
     max_sql_length: int = 16 * 1024 * 1024  # characters of statement text
     max_session_memory_bytes: int = 64 << 20  # kept by one session between messages (0: no limit)
+    max_message_memory_bytes: int = 256 << 20  # large messages being received, all sessions (0: no limit)
     max_value_bytes: int = 64 << 20  # the largest string, BLOB or row (SQLite's SQLITE_LIMIT_LENGTH)
     max_memory_bytes: int = 1 << 30  # SQLite's hard heap limit, process-wide (0: none)
 

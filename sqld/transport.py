@@ -26,6 +26,14 @@ TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds
 LOW_WATER = 64 * 1024
 
 
+class SendTimeout(anyio.BrokenResourceError):
+    """The client did not read what was sent to it within the time allowed."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"the client read nothing for {limit:g} s")
+        self.limit = limit
+
+
 class StreamProtocol(asyncio.Protocol):
     """Collects received chunks for one ``ProtocolStream``; wakes it when data or EOF comes."""
 
@@ -40,6 +48,14 @@ class StreamProtocol(asyncio.Protocol):
         self.read_waiter: asyncio.Future | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future | None = None
+        self.on_gone = None  # on_gone(broken): the client closed its side (False) or the connection ended (True)
+
+    def _gone(self, broken: bool) -> None:
+        callback = self.on_gone
+        if callback is not None:
+            if broken:
+                self.on_gone = None
+            callback(broken)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -57,12 +73,14 @@ class StreamProtocol(asyncio.Protocol):
     def eof_received(self):
         self.eof = True
         self._wake_reader()
+        self._gone(False)
         return True  # a half-close: the client may still read the answers to what it sent
 
     def connection_lost(self, exc) -> None:
         self.eof = True
         self.exc = exc
         self._wake_reader()
+        self._gone(True)
         self.write_paused = False
         w, self.drain_waiter = self.drain_waiter, None
         if w is not None and not w.done():
@@ -138,13 +156,45 @@ class ProtocolStream(anyio.abc.ByteStream):
                 transport.abort()
             raise anyio.BrokenResourceError from None
 
-    async def send(self, item: bytes) -> None:
+    def watch_close(self, callback) -> None:
+        """Call ``callback(broken)`` on the event loop when the client closes its sending
+        side (``False``: it may still read) and when the connection ends (``True``), even
+        while nobody is receiving: a running statement of a client that went away can then
+        be cancelled."""
+        p = self._p
+        p.on_gone = callback
+        if p.exc is not None or p.transport is None or p.transport.is_closing():
+            p._gone(True)
+        elif p.eof:
+            p._gone(False)
+
+    @property
+    def unread(self) -> int:
+        """Bytes received and not yet read from the stream."""
+        return self._p.size if self._p.chunks else 0
+
+    async def send(self, item: bytes, limit: float | None = None) -> None:
+        """Send ``item``; wait while the socket's buffer is full, at most ``limit``
+        seconds (then the connection is dropped and ``SendTimeout`` raised)."""
         p = self._p
         if self._closed:
             raise anyio.ClosedResourceError
         if p.exc is not None or p.transport is None or p.transport.is_closing():
             raise anyio.BrokenResourceError
         p.transport.write(item)
+        if not p.write_paused:
+            return
+        if limit is None:
+            await self._drain()
+            return
+        with anyio.move_on_after(limit) as scope:
+            await self._drain()
+        if scope.cancelled_caught:
+            p.transport.abort()  # what is buffered for a client that does not read is dropped
+            raise SendTimeout(limit)
+
+    async def _drain(self) -> None:
+        p = self._p
         while p.write_paused:
             p.drain_waiter = asyncio.get_running_loop().create_future()
             await p.drain_waiter

@@ -268,6 +268,29 @@ class LibsqlConnection:
         except (UnicodeDecodeError, Exception) as exc:
             raise (_not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else _raised_in_python(exc)) from None
 
+    def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run a statement that returns no rows once per parameter tuple (apsw's
+        executemany: prepared once); the rows it changed. It stops at the first error."""
+        self._reset_authorizer()
+        before = self.apsw.total_changes()
+        cur = self.apsw.cursor()
+        try:
+            for _ in cur.executemany(sql, rows):
+                pass
+        except apsw.ExecTraceAbort:
+            if self._needs_writer:
+                raise NeedsWriter() from None
+            raise
+        except apsw.Error as exc:
+            self._raise(exc)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(exc, []) from None
+        except Exception as exc:
+            raise _raised_in_python(exc) from None
+        finally:
+            self._close_cursor(cur)
+        return self.apsw.total_changes() - before
+
     def changes(self) -> int:
         return self.apsw.changes()
 

@@ -132,6 +132,14 @@ class Decoder:
         _, length = _HDR.unpack_from(self._buf, self._pos)
         return self.buffered >= 1 + length
 
+    def front_length(self) -> int:
+        """The whole length (type byte included) of the message at the front, once its
+        header is buffered; 0 before."""
+        if self.buffered < 5:
+            return 0
+        _, length = _HDR.unpack_from(self._buf, self._pos)
+        return 1 + length
+
     def wanted(self) -> int:
         """How many more bytes the message at the front needs (0 if unknown or whole)."""
         if self.buffered < 5:

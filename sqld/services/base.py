@@ -7,8 +7,10 @@ layer sees statements and parameters, never bytes, and knows nothing of the prot
 
 from __future__ import annotations
 
+import time
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
+import anyio
 import attrs
 
 from sqld.backends.base import Column, StatementInfo
@@ -25,6 +27,10 @@ class Service(Protocol[Req, Resp]):
 
 Layer = Callable[[Service], Service]
 
+# A statement of a client that closed its connection is cancelled once the client has been
+# gone this long (seconds): what it still runs, nobody will read.
+CLIENT_GONE_GRACE = 1.0
+
 
 @attrs.define(eq=False)
 class SchemaClock:
@@ -32,6 +38,43 @@ class SchemaClock:
     count must be described again."""
 
     value: int = 0
+
+
+class MessageMemory:
+    """Bytes of large messages (over ``LARGE``) being received, all sessions together, under
+    ``--max-message-memory-mb``: each session's message limit times many sessions would
+    otherwise be the server's memory (30 partial 55 MB Binds: 1.7 GB). A message that finds
+    no room waits for some; past its wait it fails its session (53200)."""
+
+    LARGE = 1 << 20
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed: anyio.Event | None = None  # made on the event loop, when first waited on
+
+    async def reserve(self, size: int, wait: float) -> None:
+        limit = self.limit
+        if not limit or size <= self.LARGE:
+            return
+        with anyio.move_on_after(wait):
+            while self.used + size > limit and self.used:
+                if self._freed is None:
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+            self.used += size
+            return
+        raise SqldError("out of memory", sqlstate="53200", severity="FATAL",
+                        detail=f"A message of {size >> 20} MiB waited {wait:g} s for room: other sessions' large "
+                        f"messages being received take {self.used >> 20} of {limit >> 20} MiB "
+                        "(--max-message-memory-mb).")
+
+    def release(self, size: int) -> None:
+        if size and self.limit and size > self.LARGE:
+            self.used -= size
+            freed, self._freed = self._freed, None
+            if freed is not None:
+                freed.set()
 
 
 class SessionMemory:
@@ -114,7 +157,9 @@ class SessionState:
     lock_timeout: float | None = None  # seconds a statement may wait for the writer
     idle_tx_timeout: float | None = None  # seconds a session may sit idle inside a transaction
     cancel_requested: bool = False
+    client_gone: float = 0.0  # when (time.monotonic) the client closed its connection; 0: it has not
     executing: bool = False
+    in_copy: bool = False  # a COPY FROM STDIN is under way: a cancel request counts between its batches too
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
     ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
     read_only_user: bool = False  # the user may not write (a users-file "readonly" user)
@@ -123,8 +168,20 @@ class SessionState:
     schema: SchemaClock = attrs.Factory(SchemaClock)  # the session's database's (set by its scheduler)
     deallocate: list[str] = attrs.Factory(list)  # DEALLOCATE names ("*" for ALL) to drop
 
+    def new_statement(self) -> None:
+        """A statement starts: a cancel request for the one before it no longer counts
+        (within a COPY, the COPY is the statement: one for it stays)."""
+        if not self.in_copy:
+            self.cancel_requested = False
+
     def cancelled(self) -> bool:
-        return self.cancel_requested
+        """Whether the running statement should stop: a CancelRequest came, or the client
+        closed its connection more than CLIENT_GONE_GRACE seconds ago (a client that closes
+        its sending side right after a quick statement still gets the answer)."""
+        if self.cancel_requested:
+            return True
+        gone = self.client_gone
+        return bool(gone) and time.monotonic() - gone >= CLIENT_GONE_GRACE
 
     def may_write(self) -> None:
         """Raise 42501 for a read-only user (the one check, on a primary and on a replica)."""
@@ -186,6 +243,21 @@ class Execute:
 
     def __repr__(self) -> str:
         return f"Execute({self.statement.sql[:80]!r}, {len(self.params)} params)"
+
+
+@attrs.frozen(repr=False)
+class ExecuteMany:
+    """Run a row-changing statement that returns no rows once per parameter tuple of
+    ``rows``, in order (COPY FROM STDIN's rows, a batch at a time); answer how many rows it
+    changed. In an open transaction the batch is one trip to the database; elsewhere each
+    row is an Execute of its own (``pipelined`` as there)."""
+
+    statement: Statement
+    rows: list
+    pipelined: bool = False
+
+    def __repr__(self) -> str:
+        return f"ExecuteMany({self.statement.sql[:80]!r}, {len(self.rows)} rows)"
 
 
 @attrs.frozen

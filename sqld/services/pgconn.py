@@ -26,9 +26,10 @@ from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.services import copy
-from sqld.services.base import Abort, Describe, Execute, Held, Peek, SessionMemory, SessionState, Sync, Terminate
+from sqld.services.base import Abort, Describe, Execute, ExecuteMany, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
+from sqld.transport import SendTimeout
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def _tag_count(tag: str) -> int:
 FAILED_AUTH_DELAY = 1.0  # seconds before a wrong password is answered
 FLUSH_AT = 64 * 1024   # write out once this much output is buffered
 BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
+MESSAGE_ROOM_WAIT = 30.0  # seconds a large message may wait for room in --max-message-memory-mb
+COPY_BATCH = 2000      # COPY FROM STDIN rows inserted per trip to SQLite (at most)
 
 _BATCH_MESSAGES = (m.Parse, m.Bind, m.Execute, m.Describe, m.Close)
 _PARSE_COMPLETE = m.ParseComplete().encode()
@@ -145,7 +148,7 @@ class Registry:
         state = self.sessions.get(process_id)
         if state is None or state.secret_key != secret_key:
             return False
-        if state.executing:
+        if state.executing or state.in_copy:
             state.cancel_requested = True
         return True
 
@@ -164,8 +167,11 @@ class PgConnectionFactory:
     def __init__(self, session_factory, *, max_connections: int = 100,
                  max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
                  tls_required: bool = False, startup_timeout: float = 60.0,
-                 max_sql_length: int = 16 * 1024 * 1024, max_session_memory: int | None = 64 << 20) -> None:
+                 max_sql_length: int = 16 * 1024 * 1024, max_session_memory: int | None = 64 << 20,
+                 max_message_memory: int | None = 256 << 20) -> None:
         self.session_factory = session_factory
+        # Large messages being received, all sessions together (never below one whole message)
+        self.message_memory = MessageMemory(max_message_memory and max(max_message_memory, max_message_size))
         self.max_session_memory = max_session_memory  # bytes a session keeps between messages
         self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
         self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
@@ -209,6 +215,7 @@ class PgConnection:
         self.tls = False
         self.replication = None  # the Scheduler a replication connection streams from
         self.gate_entry = None
+        self.reserved = 0  # bytes of MessageMemory held for the large message being received
 
     # -- output ---------------------------------------------------------------------------
 
@@ -216,12 +223,37 @@ class PgConnection:
         self.out.append(data)
         self.out_size += len(data)
 
+    def _client_gone(self, broken: bool = True) -> None:
+        """The transport saw the client close its side (``broken`` False) or the connection
+        end. A client that closed only its sending side after whole messages not yet
+        handled (a script ending in a COPY's CopyDone, pipelined queries) waits for their
+        answers: it is gone only once nothing it sent is left to handle, as a killed client
+        is (whose socket answers what is sent to it with a reset: ``broken``)."""
+        state = self.state
+        if state is None or state.client_gone:
+            return
+        if not broken and (self.decoder.has_message() or getattr(self.stream, "unread", 0)):
+            return
+        state.client_gone = time.monotonic()
+
     async def flush(self) -> None:
         if self.out:
             data = b"".join(self.out)
             self.out.clear()
             self.out_size = 0
-            await self.stream.send(data)
+            state = self.state
+            if state is None or not (self.status != b"I" or self.mid_batch) or not state.idle_tx_timeout:
+                await self.stream.send(data)
+                return
+            # Inside a transaction, a query or a batch the session may hold the writer or a
+            # reader: a client that stops reading its answers holds them no longer than one
+            # idle in a transaction may.
+            try:
+                await self.stream.send(data, state.idle_tx_timeout)
+            except SendTimeout as exc:
+                log.info("closing a connection from %s: it read none of its answers for %g s "
+                         "inside a transaction or query (--idle-in-transaction-timeout)", self.peer(), exc.limit)
+                raise _Gone() from None
 
     async def maybe_flush(self) -> None:
         if self.out_size >= FLUSH_AT:
@@ -237,6 +269,13 @@ class PgConnection:
             ).encode()
         )
 
+    def _end_if_gone(self, err: SqldError) -> None:
+        """A statement cancelled because its client went away ends the session, saying so."""
+        state = self.state
+        if isinstance(err, QueryCanceled) and state.client_gone and not state.cancel_requested:
+            raise SqldError("terminating connection: the client closed its connection while its statement ran",
+                            sqlstate="08006", severity="FATAL") from None
+
     def write_notice(self, message: str) -> None:
         self.write(m.NoticeResponse(severity="WARNING", sqlstate="25001", message=message).encode())
 
@@ -247,7 +286,23 @@ class PgConnection:
         if not self.decoder.has_message():
             await self.flush()
 
+    async def _reserve(self) -> None:
+        """Room in MessageMemory for the large message being received (only past its
+        header: the bytes before were read within the per-socket buffers)."""
+        budget = self.factory.message_memory
+        size = self.decoder.front_length() if self.decoder.wanted() else 0
+        if size == self.reserved:
+            return
+        budget.release(self.reserved)
+        self.reserved = 0
+        if size > budget.LARGE and size <= self.decoder.max_message_size:
+            st = self.state.statement_timeout if self.state is not None else None
+            await budget.reserve(size, min(st or MESSAGE_ROOM_WAIT, MESSAGE_ROOM_WAIT))
+            self.reserved = size
+
     async def receive(self) -> None:
+        if self.reserved or self.decoder.buffered >= 5:
+            await self._reserve()
         # Idle inside a transaction — or inside a batch not yet Synced, or a COPY, which hold
         # the writer (or a reader) just the same though the status last told was I.
         idle_limit = self.state.idle_tx_timeout if self.state is not None and (
@@ -330,6 +385,8 @@ class PgConnection:
                 await self.close()
 
     async def close(self) -> None:
+        self.factory.message_memory.release(self.reserved)
+        self.reserved = 0
         for portal in self.portals.values():
             if portal.cursor is not None:
                 try:
@@ -406,6 +463,12 @@ class PgConnection:
         state.ext = params.get(EXT_PARAM) == "1"
         state.read_only_user = account is not None and account.read_only
         self.state = state
+        watch = getattr(self.stream, "watch_close", None)
+        if watch is not None:
+            # The socket is watched while a statement runs: a client that goes away has its
+            # statements cancelled (SessionState.cancelled), as PostgreSQL's
+            # client_connection_check_interval does, rather than run them for nobody.
+            watch(self._client_gone)
         try:
             if replication not in (None, "false", "0", "off", "no"):
                 self.replication = await self.factory.replication(state)  # may refuse the user
@@ -508,8 +571,8 @@ class PgConnection:
             try:
                 handler = handlers.get(mt)
                 if handler is not None:
-                    if mt in _BATCH_MESSAGES:
-                        self.mid_batch = True  # until its Sync
+                    if mt in _BATCH_MESSAGES or mt is m.Query:
+                        self.mid_batch = True  # until its Sync, or the Query's ReadyForQuery
                     await handler(msg)
                 elif mt is m.Terminate:
                     await self.flush()  # the answers to what was pipelined before it
@@ -525,6 +588,7 @@ class PgConnection:
                     err = exc
                     if err.severity == "FATAL":
                         raise
+                    self._end_if_gone(err)
                 else:
                     # A bug: say so (XX000), keep the session; the log has the traceback.
                     log.exception("internal error handling %s", mt.__name__)
@@ -919,6 +983,18 @@ class PgConnection:
         self.write(m.CommandComplete(f"COPY {count}").encode())
 
     async def _copy_in(self, spec, extended: bool = False) -> None:
+        # The whole COPY is one statement: a cancel request stops it while it waits for rows
+        # too, not only while a batch of them is being inserted.
+        state = self.state
+        state.in_copy = True
+        state.cancel_requested = False
+        try:
+            await self._copy_rows_in(spec, extended)
+        finally:
+            state.in_copy = False
+            state.cancel_requested = False
+
+    async def _copy_rows_in(self, spec, extended: bool) -> None:
         """COPY FROM STDIN: all rows or none, as in PostgreSQL. Outside a transaction block
         the rows form a transaction of their own (in the extended protocol: the batch's
         implicit transaction, committed at Sync); inside one, an error fails the transaction
@@ -953,37 +1029,71 @@ class PgConnection:
         limit = self.state.statement_timeout
         deadline = time.monotonic() + limit if limit else None
 
-        async def insert_rows(rows) -> None:
-            nonlocal count
+        def check_stop() -> None:
+            if self.state.cancel_requested:
+                raise QueryCanceled("canceling statement due to user request",
+                                    detail=f"COPY {spec.table}: {count} rows in")
             if deadline is not None and time.monotonic() > deadline:
                 raise QueryCanceled("canceling statement due to statement timeout",
                                     detail=f"COPY {spec.table}: {count} rows in")
-            for row in rows:
-                if len(row) != len(columns):
-                    raise SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < len(columns)
-                                    else "extra data after last expected column", sqlstate="22P04",
-                                    detail=f"COPY {spec.table}, line {count + 1 + spec.header}: "
-                                    f"{len(row)} values for {len(columns)} columns")
-                params = tuple(t.bytea_from_text(v) if blob and v is not None else v
-                               for v, blob in zip(row, blobs))
-                await (await self.service(Execute(insert, params, pipelined=pipelined))).close()
-                count += 1
 
+        async def insert_rows(rows) -> None:
+            nonlocal count
+            check_stop()
+            batch = []
+            bad = None
+            for i, row in enumerate(rows):
+                if len(row) != len(columns):
+                    bad = SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < len(columns)
+                                    else "extra data after last expected column", sqlstate="22P04",
+                                    detail=f"COPY {spec.table}, line {count + i + 1 + spec.header}: "
+                                    f"{len(row)} values for {len(columns)} columns")
+                    break
+                batch.append(tuple(t.bytea_from_text(v) if blob and v is not None else v
+                                   for v, blob in zip(row, blobs)))
+            if batch:
+                # One trip to the database for the rows the client has sent so far (a
+                # batch each time its messages are read), not one per row. The rows before
+                # a malformed one go in first: an error among them is the COPY's error, as
+                # when rows are inserted one by one.
+                await self.service(ExecuteMany(insert, batch, pipelined))
+                count += len(batch)
+            if bad is not None:
+                raise bad
+
+        # Rows are gathered from the CopyData messages already received, then inserted
+        # together: before waiting for more, at COPY_BATCH rows, and at CopyDone.
+        pending: list = []
         while True:
             msg = self.decoder.next_message()
             if msg is NEED_DATA:
+                if pending:
+                    try:
+                        rows, pending = pending, []
+                        await insert_rows(rows)
+                    except SqldError as exc:
+                        if exc.severity == "FATAL":
+                            raise
+                        error = error or exc  # keep reading until the client ends the copy
+                    continue
                 await self.receive()
                 continue
             mt = type(msg)
             try:
                 if mt is m.CopyData:
                     if error is None:
-                        await insert_rows(reader.feed(msg.data))
+                        check_stop()  # a cancel request or the deadline, while rows come in
+                        pending += reader.feed(msg.data)
+                        if len(pending) >= COPY_BATCH:
+                            rows, pending = pending, []
+                            await insert_rows(rows)
                     continue
                 if mt is m.CopyDone:
                     ended = True  # the copy is over, whatever its last line holds
                     if error is None:
-                        await insert_rows(reader.finish())
+                        rows, pending = pending, []
+                        rows += reader.finish()
+                        await insert_rows(rows)
                     break
                 if mt is m.CopyFail:
                     error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
@@ -994,6 +1104,7 @@ class PgConnection:
             except SqldError as exc:
                 if exc.severity == "FATAL":
                     raise
+                pending = []
                 error = error or exc  # keep reading until the client ends the copy
                 if ended:
                     break
@@ -1045,6 +1156,7 @@ class PgConnection:
         except SqldError as err:
             if err.severity == "FATAL":
                 raise  # the session ends (its transaction rolls back with it)
+            self._end_if_gone(err)
             self.write_error(err)
             with anyio.CancelScope(shield=True):
                 if implicit:

@@ -33,7 +33,7 @@ from sqld.backends.base import Column, NeedsWriter, StatementInfo
 from sqld.client.wire import ServerError, WireConnection, WireError
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.pgwire import types as t
-from sqld.services.base import Abort, Describe, DescribeResult, Execute, Peek, StaticCursor, Sync, Terminate
+from sqld.services.base import Abort, Describe, DescribeResult, Execute, ExecuteMany, Peek, StaticCursor, Sync, Terminate
 from sqld.services.compat import parse_timeout
 from sqld.sqltext import parse_one
 
@@ -90,6 +90,13 @@ class ReplicaService:
         kind = type(request)
         if kind is Execute:
             return await self.execute(request)
+        if kind is ExecuteMany:  # COPY's rows: each a write of its own, forwarded
+            changed = 0
+            for params in request.rows:
+                cur = await self.execute(Execute(request.statement, params, 1, request.pipelined))
+                await cur.close()
+                changed += 1
+            return changed
         if kind is Describe:
             return await self.describe(request)
         if kind is Peek:
@@ -357,7 +364,7 @@ class ReplicaService:
         """Run a blocking call on the forwarded connection, passing on a cancel request."""
         remote = self.remote
         state = self.state
-        state.cancel_requested = False
+        state.new_statement()
         state.executing = True
         outcome: tuple = (False, None)
         try:

@@ -37,6 +37,7 @@ from sqld.services.base import (
     Describe,
     DescribeResult,
     Execute,
+    ExecuteMany,
     Peek,
     SessionState,
     StaticCursor,
@@ -153,6 +154,7 @@ class Scheduler:
         self.schema_changed()
 
     def release_reader(self, conn: Connection) -> None:
+        _unguard(conn)  # the session's cancel and deadline are not the next user's
         conn.finish()
         if getattr(conn, "epoch", 0) != self.reader_epoch:
             conn.close()
@@ -188,9 +190,10 @@ class Scheduler:
         # SQLite notices another connection's schema change when a read begins, not when a
         # statement is prepared: make idle readers look now, so describing sees the new schema.
         for reader in self._idle_readers:
+            _unguard(reader)
             try:
                 reader.run("select 1 from sqlite_schema limit 0")
-            except SqldError:
+            except (SqldError, Interrupted):
                 pass
 
     def decltypes(self, conn: Connection, table: str) -> dict[str, str | None]:
@@ -348,6 +351,8 @@ class SchedulerService:
     async def _dispatch(self, request):
         if type(request) is Execute:
             return await self.execute(request)
+        if type(request) is ExecuteMany:
+            return await self.execute_many(request)
         if type(request) is Describe:
             return await self.describe(request.statement)
         if type(request) is Peek:
@@ -391,7 +396,7 @@ class SchedulerService:
             self.state.executing = False
 
     async def _start(self, conn: Connection, sql: str, params, first: int, readonly: bool):
-        self.state.cancel_requested = False
+        self.state.new_statement()
         budget = self.s.inline_budget
         if readonly and budget:
             conn.guard(budget=budget, deadline=self._deadline(), cancelled=self.state.cancelled,
@@ -576,7 +581,7 @@ class SchedulerService:
             return await self._begin_implicit(stmt, req)
         if groupable(stmt) and self.s.group.running and self.own is None:
             write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state, req.check)
-            self.state.cancel_requested = False
+            self.state.new_statement()
             self.state.executing = True
             try:
                 await self.s.group.submit(write, *self.state.wait_limit())
@@ -592,11 +597,11 @@ class SchedulerService:
             if verb in ATOMIC_VERBS:
                 return await self._atomic_write(conn, stmt, req, release)
             columns, rows, handle = await self._start(conn, stmt.sql, req.params, req.first, False)
+            if verb.startswith(DDL_VERBS):
+                self.s.schema_changed()
         except BaseException:
             release()
             raise
-        if verb.startswith(DDL_VERBS):
-            self.s.schema_changed()
         return ResultCursor(self, conn, columns, rows, handle, verb, release)
 
     async def _atomic_write(self, conn: Connection, stmt: Statement, req: Execute, release):
@@ -606,7 +611,7 @@ class SchedulerService:
         as a group of one (CommitGroup.run_alone): in a transaction, under a savepoint, its
         rows (RETURNING) checked before the COMMIT, a conflict with another process run again."""
         write = Write(stmt, req.params, self._deadline(), self.state.cancelled, self.state, req.check)
-        self.state.cancel_requested = False
+        self.state.new_statement()
         self.state.executing = True
         try:
             await anyio.to_thread.run_sync(self.s.group.run_alone, conn, write, limiter=self.s.limiter)
@@ -638,11 +643,12 @@ class SchedulerService:
     def _writer_connection(self) -> Connection:
         """The connection to write on, the writer lock held: the session's own, or the writer."""
         if self.own is None:
-            return self.s.backend.writer()
+            return _unguard(self.s.backend.writer())  # a previous session's cancel is not this one's
         self.own.readonly = False
         return self.own
 
     def _after_autocommit_write(self, conn: Connection) -> None:
+        _unguard(conn)  # ending it must not stop at the session's cancel
         if conn is self.own:
             conn.readonly = True  # its other portals read on; the statement's cursor is closed
         else:
@@ -656,6 +662,30 @@ class SchedulerService:
             except SqldError:
                 pass
         self._unlock_writer()
+
+    async def execute_many(self, req: ExecuteMany) -> int:
+        stmt = req.statement
+        if not self.in_tx or self.failed or stmt.verb not in _INSERT_VERBS:
+            changed = 0
+            for params in req.rows:
+                cur = await self.execute(Execute(stmt, params, 1, req.pipelined))
+                await cur.close()
+                changed += cur._changes or 0
+            return changed
+        try:
+            conn = await self._tx_writer_for(stmt)
+            self.state.new_statement()
+            changed = await self._in_thread(conn, conn.run_many, stmt.sql, req.rows)
+        except NeedsOwnConnection:
+            self._fail()
+            raise SqldError("this COPY needs a connection of the session's own (a temporary object): "
+                            "run it outside a transaction block", sqlstate="25001") from None
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self._fail()
+            raise
+        self.state.total_changes += changed
+        return changed
 
     async def _execute_in_tx(self, stmt: Statement, req: Execute):
         fresh = self.tx_conn is None
@@ -990,3 +1020,10 @@ def _peek_params(stmt: Statement, count: int) -> tuple:
 def _nothing(conn: Connection) -> None:
     """Release for a cursor inside a transaction: the connection stays with the transaction."""
 
+
+
+def _unguard(conn: Connection) -> Connection:
+    """``conn`` with no session's stop conditions: a connection passed on keeps the last
+    ``guard`` it was given, and the cancel of a session whose client went away stays true."""
+    conn.guard(budget=None, deadline=None, cancelled=None, context=None)
+    return conn

@@ -603,6 +603,52 @@ def test_item8_prepared_statements_portals_and_settings_are_capped_per_session(s
     assert "Traceback" not in server.log()
 
 
+def test_item8_large_messages_being_received_are_capped_server_wide(start_sqld, tmp_path):
+    """Found by the attack review: the message limit (64 MiB) held per socket, so 30 sessions
+    each sending most of a 55 MB Bind took the server to 1.7 GB. Large messages being received
+    share --max-message-memory-mb: beyond it a message waits (its sender is not read), and past
+    its wait (here the 2 s statement timeout) its session ends with 53200; others go on."""
+    from tests.rawclient import RawClient
+
+    server = start_sqld("--max-message-memory-mb", "64", "--statement-timeout", "2s", db_path=tmp_path / "db")
+    size = 40 << 20
+    header = b"B" + struct.pack("!I", 4 + size)
+    body = b"\0" * (size - (8 << 20))  # most of the message, never all of it
+    before = rss(server)
+    clients = [RawClient(server.host, server.port) for _ in range(10)]
+
+    def push(r):
+        r.sock.settimeout(8)
+        try:
+            r.sock.sendall(header + body)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=push, args=(r,), daemon=True) for r in clients]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=15)
+    grown = rss(server) - before
+    assert grown < 150 << 20, f"{grown >> 20} MiB for 10 partial 40 MiB messages under a 64 MiB budget"
+    refused = 0
+    for r in clients:
+        r.sock.settimeout(5)
+        try:
+            msg = r.recv()
+        except (OSError, EOFError):
+            continue
+        if isinstance(msg, m.ErrorResponse):
+            assert msg.sqlstate == "53200" and "--max-message-memory-mb" in (msg.detail or ""), msg
+            refused += 1
+    assert refused >= 8, refused  # one message fits; the others waited, then were refused
+    for r in clients:
+        r.sock.close()
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select length(%s::bytea)", (b"z" * (30 << 20),)).fetchone() == (30 << 20,)
+    assert "Traceback" not in server.log()
+
+
 def _writer_free_within(server, seconds: float) -> float:
     """Seconds until another session's write succeeds (it retries on 55P03)."""
     started = time.monotonic()
@@ -655,7 +701,298 @@ def test_item9_the_statement_timeout_covers_a_whole_copy(start_sqld, tmp_path):
         started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled):
             with c.cursor().copy("copy big from stdin") as cp:
-                for k in range(0, len(rows), 1 << 16):
+                for k in range(0, len(rows), 1 << 16):  # rows for about 2 s
                     cp.write(rows[k:k + (1 << 16)])
+                    time.sleep(0.1)
         assert time.monotonic() - started < 15
         assert c.execute("select count(*) from big").fetchone() == (0,)
+
+
+# -- 3. a client that went away, or stopped reading, holds nothing --------------------------
+
+ENDLESS_READ = "with recursive r(i) as (select 1 union all select i + 1 from r) select count(*) from r"
+
+
+def _read_free_within(server, seconds: float) -> float:
+    """Seconds until another session's read gets a reader (it retries on 55P03)."""
+    started = time.monotonic()
+    with psycopg.connect(server.dsn(), autocommit=True) as other:
+        other.execute("set lock_timeout = '300ms'")
+        while True:
+            try:
+                assert other.execute("select 6 * 7").fetchone() == (42,)
+                return time.monotonic() - started
+            except psycopg.errors.LockNotAvailable:
+                assert time.monotonic() - started < seconds, f"every reader was still held after {seconds} s"
+
+
+def test_item3_statements_of_a_client_that_went_away_are_cancelled(start_sqld, tmp_path):
+    """Found by the attack review: never-ending queries of clients that had disconnected ran
+    on (9 of them: 190% CPU), holding every reader, and a never-ending write the writer. A
+    client that closes its connection has its running statement cancelled within a second or
+    two (as PostgreSQL's client_connection_check_interval does): readers and writer are free."""
+    from tests.rawclient import RawClient
+
+    server = start_sqld("--max-readers", "2", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table w (a integer)")
+    clients = [RawClient(server.host, server.port) for _ in range(3)]
+    for r in clients[:2]:
+        r.send(m.Query(ENDLESS_READ))  # both readers
+    clients[2].send(m.Query("insert into w " + ENDLESS_READ.replace("count(*)", "i")))  # the writer
+    time.sleep(1.0)
+    with psycopg.connect(server.dsn(), autocommit=True) as probe:  # the statements are running
+        probe.execute("set lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            probe.execute("select 1")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            probe.execute("insert into w values (0)")
+    # one goes with a FIN (shutdown, as a killed process's socket), the others closed outright
+    clients[0].sock.shutdown(socket.SHUT_WR)
+    for r in clients:
+        r.sock.close()
+    assert _read_free_within(server, 10) < 6
+    assert _writer_free_within(server, 10) < 6
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select a from w").fetchall() == [(0,)]  # nothing of the cancelled insert
+    time.sleep(0.5)
+    assert psutil.Process(server.pid).cpu_percent(interval=1.0) < 50
+    assert "Traceback" not in server.log()
+
+
+def test_item3_a_killed_psql_has_its_query_cancelled(start_sqld, tmp_path):
+    """The same with a real client killed (SIGKILL) while its query runs."""
+    server = start_sqld("--max-readers", "1", db_path=tmp_path / "db")
+    env = {"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"}
+    proc = subprocess.Popen(["psql", "-h", server.host, "-p", str(server.port), "-U", "tester", "-d", "main",
+                             "-tAc", ENDLESS_READ], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert _read_free_within(server, 10) < 6
+
+
+def test_item3_a_half_closed_client_still_gets_its_quick_answers(sqld_server):
+    """A client may close its sending side after its queries and read the answers: those that
+    finish within the grace are answered (only a statement still running is cancelled)."""
+    from tests.rawclient import RawClient
+
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        r.send(m.Query("select 1"), m.Query("select 2"))
+        r.sock.shutdown(socket.SHUT_WR)
+        rows = []
+        for _ in range(2):
+            rows += [msg.values for msg in r.until_ready() if isinstance(msg, m.DataRow)]
+        assert rows == [(b"1",), (b"2",)]
+    finally:
+        r.sock.close()
+
+
+def _stop_reading(server, sql: str, *, begin: bool) -> "RawClient":
+    """A client with a tiny receive buffer that sends ``sql`` (a big result) and never reads."""
+    from tests.rawclient import RawClient
+
+    r = RawClient(server.host, server.port)
+    if begin:
+        r.query("begin")
+        r.query("insert into w values (5)")
+    r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    r.send(m.Query(sql))
+    return r
+
+
+BIG_RESULT = ("with recursive r(i) as (select 1 union all select i + 1 from r where i < 2000000) "
+              "select i, randomblob(200) from r")
+
+
+def test_item3_a_client_that_stops_reading_does_not_hold_the_writer_or_a_reader(start_sqld, tmp_path):
+    """Found by the attack review: a client that stopped reading the rows of a big result kept
+    its reader (or, inside a transaction, the writer) forever, the server blocked sending to
+    it. Blocked that way, a session gets --idle-in-transaction-timeout, then is closed: its
+    transaction rolls back, the writer and the reader are free."""
+    server = start_sqld("--max-readers", "1", "--idle-in-transaction-timeout", "1s", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table w (a integer)")
+    stalled = _stop_reading(server, BIG_RESULT, begin=False)
+    try:
+        time.sleep(0.5)
+        assert _read_free_within(server, 15) < 8
+    finally:
+        stalled.sock.close()
+    stalled = _stop_reading(server, BIG_RESULT, begin=True)
+    try:
+        time.sleep(0.5)
+        assert _writer_free_within(server, 15) < 8
+    finally:
+        stalled.sock.close()
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select a from w").fetchall() == [(0,)]  # the stalled transaction's 5 is gone
+    assert "read none of its answers" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_item3_rows_of_an_abandoned_copy_are_not_inserted_for_long(start_sqld, tmp_path):
+    """Found by the attack review: a client that sent many COPY rows and went away left them in
+    the server's socket buffers, inserted one by one for nobody while the COPY held the writer.
+    What is buffered goes in at COPY's speed (a batch per trip to SQLite); then the stream's
+    end, mid-message, ends the COPY: rolled back, the writer free."""
+    from tests.rawclient import RawClient, copy_data
+
+    server = start_sqld(db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table w (a integer)")
+        c.execute("create table cp (a integer)")
+    r = RawClient(server.host, server.port)
+    r.send(m.Query("copy cp from stdin"))
+    assert isinstance(r.recv(), m.CopyInResponse)
+    chunk = copy_data(b"".join(b"%d\n" % i for i in range(10_000)))
+    r.sock.setblocking(False)
+    sent, until = 0, time.monotonic() + 1.0
+    while time.monotonic() < until:  # as much as the socket buffers on both sides take
+        try:
+            r.sock.send(chunk)  # a short send leaves the stream mid-message: the COPY cannot end
+            sent += 1
+        except BlockingIOError:
+            time.sleep(0.01)
+    r.sock.close()  # nothing unread on this side: a FIN after the data, not a reset
+    assert sent >= 10, sent
+    assert _writer_free_within(server, 30) < 6
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        assert c.execute("select count(*) from cp").fetchone() == (0,)  # the COPY rolled back
+    assert "Traceback" not in server.log()
+
+
+def test_item3_a_half_closed_client_gets_all_it_sent_done(sqld_server):
+    """Found by the attack review: a client that closes its sending side after its last
+    message (``nc -N``, a script's end) had whatever ran over a second cancelled: a whole COPY
+    ending in CopyDone was lost, pipelined queries failed. What it sent in full is done and
+    answered; only a statement still running with nothing after it is cancelled."""
+    from tests.rawclient import RawClient, copy_data
+
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute("drop table if exists hc")
+        c.execute("create table hc (a integer primary key, b text)")
+    rows = 300_000
+    data = b"".join(b"%d\tsome text to make the row longer %d\n" % (i, i) for i in range(rows))
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        chunks = [copy_data(data[i:i + 60_000]) for i in range(0, len(data), 60_000)]
+        payload = (m.Query("copy hc from stdin").encode() + b"".join(chunks) + m.COPY_DONE
+                   + m.Query("select count(*) from hc").encode()
+                   + m.Query(ENDLESS_READ.replace("from r", "from r where i < 3000000")).encode())
+        sender = threading.Thread(target=_send_quietly, args=(r.sock, payload))
+        sender.start()
+        out = []
+        for _ in range(3):
+            out += r.until_ready()
+        sender.join(30)
+        r.sock.shutdown(socket.SHUT_WR)
+    finally:
+        r.sock.close()
+    errors = [msg for msg in out if isinstance(msg, m.ErrorResponse)]
+    assert not errors, errors
+    tags = [msg.tag for msg in out if isinstance(msg, m.CommandComplete)]
+    assert tags[0] == f"COPY {rows}", tags
+    values = [msg.values for msg in out if isinstance(msg, m.DataRow)]
+    assert values == [(str(rows).encode(),), (b"2999999",)], values
+
+
+def test_item3_a_half_closed_client_is_answered_after_the_grace(sqld_server):
+    """The same with the half-close sent at once, behind a COPY and two queries that take
+    longer than the grace together: all done, all answered."""
+    from tests.rawclient import RawClient, copy_data
+
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute("drop table if exists hc2")
+        c.execute("create table hc2 (a integer primary key)")
+    slow = ENDLESS_READ.replace("from r", "from r where i < 2000000")
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        r.send(m.Query(slow), m.Query(slow), m.Query("copy hc2 from stdin"))
+        r.sock.sendall(copy_data(b"".join(b"%d\n" % i for i in range(1000))) + m.COPY_DONE
+                       + m.Query("select count(*) from hc2").encode())
+        r.sock.shutdown(socket.SHUT_WR)
+        out = []
+        for _ in range(4):
+            out += r.until_ready()
+    finally:
+        r.sock.close()
+    assert not [msg for msg in out if isinstance(msg, m.ErrorResponse)]
+    assert [msg.values for msg in out if isinstance(msg, m.DataRow)] == [(b"1999999",), (b"1999999",), (b"1000",)]
+
+
+def test_item3_a_half_closed_client_whose_last_statement_runs_on_is_told_why(sqld_server):
+    """A statement still running once the client has closed its side and sent nothing more is
+    cancelled after the grace; the session ends with a FATAL that says so (not "user
+    request")."""
+    from tests.rawclient import RawClient
+
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        r.send(m.Query(ENDLESS_READ))
+        r.sock.shutdown(socket.SHUT_WR)
+        r.sock.settimeout(15)
+        msg = r.recv()
+        assert isinstance(msg, m.ErrorResponse), msg
+        assert msg.sqlstate == "08006" and "closed its connection" in msg.message, msg
+        with pytest.raises(EOFError):
+            r.recv()
+    finally:
+        r.sock.close()
+
+
+def test_item3_a_cancel_request_stops_a_copy_waiting_for_rows(sqld_server):
+    """Found by the attack review: a CancelRequest while COPY FROM STDIN waited for the
+    client's next rows was dropped (only a statement inside SQLite counted as running), and a
+    batch's insert forgot one that came before it. The COPY fails with 57014 when the client
+    ends it, nothing of it is kept, and the session goes on."""
+    from tests.rawclient import RawClient, copy_data
+
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute("drop table if exists cc")
+        c.execute("create table cc (a integer)")
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        r.send(m.Query("copy cc from stdin"))
+        assert isinstance(r.recv(), m.CopyInResponse)
+        r.sock.sendall(copy_data(b"1\n2\n"))
+        time.sleep(0.3)  # the two rows are in; the COPY waits for more
+        with socket.create_connection((sqld_server.host, sqld_server.port), timeout=5) as s:
+            s.sendall(m.CancelRequest(r.key.process_id, r.key.secret_key).encode())
+            s.recv(1)
+        time.sleep(0.3)
+        r.sock.sendall(copy_data(b"3\n") + m.COPY_DONE)
+        out = r.until_ready()
+        errors = [msg for msg in out if isinstance(msg, m.ErrorResponse)]
+        assert errors and errors[0].sqlstate == "57014", out
+        assert r.query("select count(*) from cc")[1].values == (b"0",)
+    finally:
+        r.close()
+
+
+def test_item3_copy_reports_the_first_bad_row_whatever_the_batch(sqld_server):
+    """Found by the attack review: a batch checked every row's column count before inserting
+    any, so a later row's 22P04 hid an earlier row's unique violation (which error came out
+    depended on how the rows fell into batches). The first bad row's error is the COPY's."""
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute("drop table if exists cu")
+        c.execute("create table cu (a integer primary key, b text)")
+        c.execute("insert into cu values (5, 'taken')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with c.cursor().copy("copy cu from stdin") as copy:
+                copy.write(b"1\tx\n5\tdup\n7\tx\n8\n9\tx\n")  # row 2 a duplicate, row 4 short
+        with pytest.raises(psycopg.errors.BadCopyFileFormat):
+            with c.cursor().copy("copy cu from stdin") as copy:
+                copy.write(b"1\tx\n8\n5\tdup\n")  # row 2 short, row 3 a duplicate
+        assert c.execute("select a from cu").fetchall() == [(5,)]
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
