@@ -27,6 +27,11 @@ FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".sqld")
 # A statement that is a plain VACUUM (after comments); what SQLite parsed is the judge of the
 # rest, this only tells the sandbox when VACUUM's own scratch ATTACH may come.
 _VACUUM = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*vacuum\b", re.IGNORECASE | re.DOTALL)
+# CREATE … IF NOT EXISTS / DROP … IF EXISTS write or not depending on the schema: a prepared
+# statement kept in apsw's cache would keep the answer of the schema it was first prepared
+# for (SQLite re-prepares it at its step, after the check that sends writes to the writer).
+_SCHEMA_DEPENDENT = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:create|drop)\b.*?\bif\b",
+                               re.IGNORECASE | re.DOTALL)
 
 
 def database_file(db_path: str | os.PathLike) -> Path:
@@ -149,7 +154,7 @@ class LibsqlConnection:
 
     # -- statements -----------------------------------------------------------------------
 
-    def info(self, sql: str) -> StatementInfo:
+    def info(self, sql: str, retry: bool = True) -> StatementInfo:
         """Prepare ``sql`` (freshly: a cached statement may predate a schema change) and say
         what it takes and returns, without running it."""
         got: dict[str, Any] = {}
@@ -163,6 +168,7 @@ class LibsqlConnection:
         cur = self.apsw.cursor()
         cur.exec_trace = trace
         budget, self._budget = self._budget, None  # preparing is no inline run: it may wait for a lock
+        stale = False
         try:
             # apsw.ext.query_info binds NULLs with this same object to prepare without values
             cur.execute(sql, apsw._null_bindings, can_cache=False)
@@ -170,10 +176,14 @@ class LibsqlConnection:
             pass
         except apsw.Error as exc:
             self._needs_own(exc)
-            raise from_sqlite(exc) from None
+            if not (retry and self._stale_schema(exc)):
+                raise from_sqlite(exc) from None
+            stale = True
         finally:
             self._budget = budget
             self._close_cursor(cur)
+        if stale:
+            return self.info(sql, retry=False)
         if not got:  # an empty statement
             return StatementInfo(columns=(), param_count=0, readonly=True)
         if got["rest"].strip(" \t\r\n;"):
@@ -181,13 +191,29 @@ class LibsqlConnection:
         cols = tuple(Column(name, decl) for name, decl in (got["desc"] or ()))
         return StatementInfo(columns=cols, param_count=got["count"], readonly=bool(got["readonly"]))
 
-    def start(self, sql: str, params: Sequence[Any], first: int):
+    def _stale_schema(self, exc: apsw.Error) -> bool:
+        """Whether ``exc`` may come from a schema another connection changed since this one
+        last read it; if so, the schema is read again (then the statement is worth a second
+        try). SQLite notices the change when a read begins, but a CREATE of a name another
+        connection dropped fails at prepare ("already exists") against the old schema, and
+        keeps failing until some other statement runs. In a transaction the old schema is
+        the snapshot's own: the error stands."""
+        if not isinstance(exc, apsw.SQLError) or "already exists" not in str(exc) or self.in_transaction():
+            return False
+        try:
+            for _ in self.apsw.execute("select 1 from sqlite_schema limit 0"):
+                pass
+        except apsw.Error:
+            return False
+        return True
+
+    def start(self, sql: str, params: Sequence[Any], first: int, retry: bool = True):
         self._reset_authorizer()
         cur = self.apsw.cursor()
         try:
             self._description = None
             self._needs_writer = False
-            cur.execute(sql, params)
+            cur.execute(sql, params, can_cache=_SCHEMA_DEPENDENT.match(sql) is None)
             desc = self._description
             rows = list(itertools.islice(cur, first))
             if desc and (not rows or len(rows[0]) != len(desc)):
@@ -203,6 +229,13 @@ class LibsqlConnection:
             raise
         except apsw.Error as exc:
             self._close_cursor(cur)
+            if self.readonly and isinstance(exc, apsw.ReadOnlyError):
+                # Prepared as a read, it writes once SQLite re-prepared it for a schema
+                # changed in between (by another connection): nothing was written here;
+                # it runs on the writer instead.
+                raise NeedsWriter() from None
+            if retry and self._stale_schema(exc):
+                return self.start(sql, params, first, retry=False)
             self._raise(exc)
         except UnicodeDecodeError as exc:
             self._close_cursor(cur)

@@ -388,6 +388,7 @@ class RowReader:
 
     def _text(self, lines: list[str]) -> list[list[str | None]]:
         rows = []
+        null, delim = self.spec.null, self.spec.delimiter
         for line in lines:
             if self.done:
                 break
@@ -398,7 +399,12 @@ class RowReader:
             if self.skip_header:
                 self.skip_header = False
                 continue
-            rows.append([None if f == self.spec.null else _unescape(f) for f in line.split(self.spec.delimiter)])
+            fields = line.split(delim)
+            if "\\" in line:
+                fields = [None if f == null else _unescape(f) for f in fields]
+            elif null in fields:
+                fields = [None if f == null else f for f in fields]
+            rows.append(fields)
         return rows
 
     def _csv(self, final: bool) -> list[list[str | None]]:

@@ -1029,6 +1029,8 @@ class PgConnection:
         limit = self.state.statement_timeout
         deadline = time.monotonic() + limit if limit else None
 
+        any_blob = any(blobs)
+
         def check_stop() -> None:
             if self.state.cancel_requested:
                 raise QueryCanceled("canceling statement due to user request",
@@ -1040,17 +1042,20 @@ class PgConnection:
         async def insert_rows(rows) -> None:
             nonlocal count
             check_stop()
-            batch = []
             bad = None
-            for i, row in enumerate(rows):
-                if len(row) != len(columns):
-                    bad = SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < len(columns)
-                                    else "extra data after last expected column", sqlstate="22P04",
-                                    detail=f"COPY {spec.table}, line {count + i + 1 + spec.header}: "
-                                    f"{len(row)} values for {len(columns)} columns")
-                    break
-                batch.append(tuple(t.bytea_from_text(v) if blob and v is not None else v
-                                   for v, blob in zip(row, blobs)))
+            width = len(columns)
+            i = next((i for i, row in enumerate(rows) if len(row) != width), None)
+            if i is not None:
+                row = rows[i]
+                bad = SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < width
+                                else "extra data after last expected column", sqlstate="22P04",
+                                detail=f"COPY {spec.table}, line {count + i + 1 + spec.header}: "
+                                f"{len(row)} values for {width} columns")
+                rows = rows[:i]
+            batch = rows
+            if any_blob:
+                batch = [tuple(t.bytea_from_text(v) if blob and v is not None else v for v, blob in zip(row, blobs))
+                         for row in rows]
             if batch:
                 # One trip to the database for the rows the client has sent so far (a
                 # batch each time its messages are read), not one per row. The rows before

@@ -45,6 +45,24 @@ def test_a_bad_row_loses_the_whole_copy_and_the_session_goes_on(sqld_server, tab
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
+@pytest.mark.parametrize("null, data, rows", [
+    ("", b"1\t\tplain\n2\tx\t\n3\t\ta\\tb\n", [(1, None, "plain"), (2, "x", None), (3, None, "a\tb")]),
+    ("NULL", b"1\tNULL\tplain\n2\tNULLx\ta\\\\b\n3\tNULL\t\\N\n",
+     [(1, None, "plain"), (2, "NULLx", "a\\b"), (3, None, "N")]),
+    ("\\N", b"1\t\\N\tplain\n2\t\\\\N\tNULL\n", [(1, None, "plain"), (2, "\\N", "NULL")]),
+])
+def test_text_copy_null_strings_with_and_without_escapes(sqld_server, table_name, null, data, rows):
+    """Text format: a field is NULL when its raw text (before backslash escapes are read)
+    is the NULL string, as PostgreSQL reads it; a line with no backslash is read without
+    unescaping."""
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key, v text, w text)")
+        literal = null.replace("\\", "\\\\").replace("'", "''")
+        with c.cursor().copy(f"copy {table_name} from stdin with (null E'{literal}')") as copy:
+            copy.write(data)
+        assert c.execute(f"select id, v, w from {table_name} order by id").fetchall() == rows
+
+
 def test_psql_backslash_copy_csv(sqld_server, table_name, tmp_path):
     data = tmp_path / "in.csv"
     data.write_text('id,v\n1,"a,b"\n2,\n3,"line\nbreak"\n')

@@ -285,3 +285,62 @@ def test_idle_in_transaction_timeout_frees_the_writer(start_sqld):
         assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("300ms",)
         c.execute("set idle_in_transaction_session_timeout = 200")
         assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("200ms",)
+
+
+@pytest.mark.parametrize("kind, create", [
+    ("trigger", "create trigger {o} after insert on {t} begin select 1; end"),
+    ("index", "create index {o} on {t}(a)"),
+    ("view", "create view {o} as select a from {t}"),
+    ("table", "create table {o}(x)"),
+])
+@pytest.mark.parametrize("own_connection", [False, True])
+def test_drop_if_exists_that_was_a_no_op_drops_once_there_is_something(sqld_server, table_name, kind, create,
+                                                                        own_connection):
+    """Found by the attack review: `DROP … IF EXISTS` of nothing is a read to SQLite; the
+    prepared statement, cached by its text, kept that answer after the object was created,
+    ran on a read-only reader and failed with 25006 (the object stayed). On a session with a
+    connection of its own (a temporary table) it would have written without the writer."""
+    obj = f"{table_name}_{kind}"
+    drop = f"drop {kind} if exists {obj}"
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c, \
+            psycopg.connect(sqld_server.dsn(), autocommit=True) as other:
+        c.execute(f"create table {table_name}(a)")
+        if own_connection:
+            c.execute(f"create temp table {table_name}_tmp(a)")  # the session's own connection
+        c.execute(drop)
+        c.execute(drop)
+        other.execute(create.format(o=obj, t=table_name))
+        assert other.execute("select count(*) from sqlite_schema where name = %s", (obj,)).fetchone() == (1,)
+        c.execute(drop)
+        assert c.execute("select count(*) from sqlite_schema where name = %s", (obj,)).fetchone() == (0,)
+        c.execute(create.format(o=obj, t=table_name))  # and CREATE … IF NOT EXISTS the other way round
+        c.execute(f"drop {kind} {obj}")
+        ine = create.format(o=obj, t=table_name).replace(f"{kind} {obj}", f"{kind} if not exists {obj}")
+        other.execute(create.format(o=obj, t=table_name))
+        c.execute(ine)  # a no-op: the object exists
+        other.execute(f"drop {kind} {obj}")
+        c.execute(ine)
+        assert other.execute("select count(*) from sqlite_schema where name = %s", (obj,)).fetchone() == (1,)
+
+
+@pytest.mark.parametrize("kind, create", [("index", "create index {o} on {t}(a)"), ("table", "create table {o}(x)"),
+                                          ("view", "create view {o} as select 1")])
+def test_a_name_dropped_through_another_connection_can_be_created_again(sqld_server, table_name, kind, create):
+    """Found while writing the test above: an object dropped by a session on a connection of
+    its own (a temporary table) could not be created again by anyone ("already exists", yet
+    DROP said "no such"): SQLite prepares a CREATE against the schema its connection last
+    read, and the writer had not read it since. The schema is read again and the CREATE
+    tried once more."""
+    obj = f"{table_name}_{kind}"
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as own, \
+            psycopg.connect(sqld_server.dsn(), autocommit=True) as other:
+        own.execute(f"create table {table_name}(a)")
+        own.execute(f"create temp table {table_name}_tmp(a)")  # a connection of its own
+        other.execute(create.format(o=obj, t=table_name))  # on the writer
+        own.execute(f"drop {kind} {obj}")
+        other.execute(create.format(o=obj, t=table_name))
+        own.execute(f"drop {kind} {obj}")
+        own.execute(create.format(o=obj, t=table_name))
+        other.execute(f"drop {kind} {obj}")
+        other.execute(create.format(o=obj, t=table_name))
+        assert own.execute("select count(*) from sqlite_schema where name = %s", (obj,)).fetchone() == (1,)
