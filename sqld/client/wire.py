@@ -7,7 +7,6 @@ a simple Query. ``sqld.client`` builds sqlite3's semantics on top.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import struct
@@ -16,11 +15,10 @@ from collections import OrderedDict
 import attrs
 
 from sqld.client.auth import AuthError, ClientAuth, tls_context
+from sqld.pgwire import extension as ext
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
-
-EXT_PARAM = "_pq_.sqld"
 
 
 class ServerError(Exception):
@@ -94,7 +92,7 @@ class WireConnection:
         self._statements: OrderedDict[tuple, str] = OrderedDict()  # (sql, param OIDs) → name
         self._counter = 0
         self._pending_close: list[str] = []
-        startup = {"user": user, "database": database, EXT_PARAM: "1", "application_name": application_name}
+        startup = {"user": user, "database": database, ext.EXT_PARAM: "1", "application_name": application_name}
         if lock_timeout is not None:  # sqlite3's timeout=0: do not wait at all (1 ms here)
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
         startup.update(options or {})
@@ -121,7 +119,7 @@ class WireConnection:
             elif isinstance(msg, m.ReadyForQuery):
                 self.status = msg.status
                 break
-        if self.params.get(EXT_PARAM) != "1":
+        if self.params.get(ext.EXT_PARAM) != "1":
             self.close()
             raise WireError(f"{host}:{port} is not a sqld server (it did not accept the sqld protocol extension)")
 
@@ -235,8 +233,8 @@ class WireConnection:
             elif kind is m.RowDescription:
                 fields = list(msg.fields)
             elif kind is m.ParameterStatus:
-                if msg.name == "sqld.decltypes":
-                    decltypes = json.loads(msg.value)
+                if msg.name == ext.DECLTYPES:
+                    decltypes = ext.decode_decltypes(msg.value)
                 else:
                     self.params[msg.name] = msg.value
             elif kind is m.ErrorResponse:
@@ -268,10 +266,10 @@ class WireConnection:
                 if len(current.decltypes) != len(current.names):
                     current.decltypes = [None] * len(current.names)
             elif kind is m.ParameterStatus:
-                if msg.name == "sqld.decltypes":
-                    current.decltypes = json.loads(msg.value)
-                elif msg.name == "sqld.result":
-                    changes, last_rowid, total = (int(x) for x in msg.value.split())
+                if msg.name == ext.DECLTYPES:
+                    current.decltypes = ext.decode_decltypes(msg.value)
+                elif msg.name == ext.RESULT:
+                    changes, last_rowid, total = ext.decode_result(msg.value)
                     current.changes, current.last_rowid, current.total_changes = changes, last_rowid, total
                     self.total_changes = total
                 else:

@@ -18,6 +18,7 @@ from sqld.pgwire import types as t
 from sqld.services import catalog
 from sqld.services.base import Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
 from sqld.sqltext import Statement, parse_one
+from sqld.verbs import COMPAT_VERBS
 
 SERVER_VERSION = f"15.0 (sqld {__version__})"
 SERVER_VERSION_NUM = "150000"
@@ -57,7 +58,6 @@ DEFAULTS: dict[str, tuple[str, bool]] = {
 # How PostgreSQL spells the names it reports (ParameterStatus is case-sensitive to libpq).
 CANONICAL = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
 
-COMPAT_VERBS = frozenset(("SET", "SHOW", "RESET", "DISCARD", "DEALLOCATE", "CLOSE", "UNLISTEN", "LISTEN", "NOTIFY"))
 
 _SET = re.compile(
     r"^\s*SET\s+(?:(?P<scope>SESSION|LOCAL)\s+)?(?P<name>[A-Za-z_][\w.]*|TIME\s+ZONE)\s*(?:TO|=|\s)\s*(?P<value>.*?)\s*;?\s*$",

@@ -42,18 +42,18 @@ import attrs
 from sqld.backends.base import Column, Connection, Interrupted
 from sqld.errors import QueryCanceled, SerializationFailure, SqldError
 from sqld.sqltext import Statement
+from sqld.verbs import GROUPABLE_VERBS
 
 log = logging.getLogger(__name__)
 
-# Verbs that can share a transaction with others: plain DML. DDL, VACUUM, PRAGMA and
-# anything naming ROLLBACK run alone.
-GROUPABLE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE"))
 MAX_GROUP = 256
 # mvsqlite: how often a group whose COMMIT lost a conflict to another process runs again.
 CONFLICT_RETRIES = 8
 
 
 def groupable(stmt: Statement) -> bool:
+    """Plain DML can share a transaction with others; DDL, VACUUM, PRAGMA and anything naming
+    ROLLBACK (OR ROLLBACK, RAISE(ROLLBACK)) run alone."""
     return stmt.verb in GROUPABLE_VERBS and "ROLLBACK" not in stmt.sql.upper()
 
 

@@ -7,7 +7,6 @@ wait for the client (or the buffer is large), so a pipelined batch costs one wri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from sqld.backends.base import Column
 from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
 from sqld.preauth import PREAUTH_MAX_MESSAGE, StartupGate
 from sqld.errors import AdminShutdown, ProtocolViolation, QueryCanceled, SqldError, TooManyConnections
+from sqld.pgwire import extension as ext
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
@@ -30,13 +30,11 @@ from sqld.services.base import Abort, Describe, Execute, ExecuteMany, Held, Mess
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 from sqld.transport import SendTimeout
+from sqld.verbs import OWN_TRANSACTION_VERBS
 
 log = logging.getLogger(__name__)
 
 # The sqld protocol extension (docs/protocol.md): asked for with this startup parameter.
-EXT_PARAM = "_pq_.sqld"
-DECLTYPES_PARAM = "sqld.decltypes"
-RESULT_PARAM = "sqld.result"
 
 
 def _tag_count(tag: str) -> int:
@@ -61,10 +59,6 @@ _RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
 # What ends an extended-query batch, as Decoder.upcoming reports it: Sync, or a simple Query.
 _BATCH_ENDS = (ord("S"), ord("Q"))
 _BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROLLBACK"))
-# Statements that end or need to be outside a transaction: a Query holding one of them
-# runs its statements one by one, as PostgreSQL does for transaction control.
-_OWN_TRANSACTION = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT",
-                              "RELEASE", "VACUUM", "PRAGMA", "ATTACH", "DETACH", "COPY"))
 
 
 def _is_savepoint_command(stmt: Statement) -> bool:
@@ -460,7 +454,7 @@ class PgConnection:
         state.settings = Held(self.memory, len, initial_settings(user, params))
         state.memory = self.memory
         state.application_name = state.settings.get("application_name", "")
-        state.ext = params.get(EXT_PARAM) == "1"
+        state.ext = params.get(ext.EXT_PARAM) == "1"
         state.read_only_user = account is not None and account.read_only
         self.state = state
         watch = getattr(self.stream, "watch_close", None)
@@ -482,7 +476,7 @@ class PgConnection:
             if is_reported(name):
                 self.write(m.ParameterStatus(reported_name(name), value).encode())
         if state.ext:
-            self.write(m.ParameterStatus(EXT_PARAM, "1").encode())  # the extension is on
+            self.write(m.ParameterStatus(ext.EXT_PARAM, "1").encode())  # the extension is on
         self.write(m.BackendKeyData(state.process_id, state.secret_key).encode())
         self.write(_RFQ[b"I"])
         await self.flush()
@@ -617,9 +611,8 @@ class PgConnection:
         tag = cur.tag()
         state = self.state
         if state.ext:
-            changes = _tag_count(tag)
-            result = f"{changes} {state.last_rowid} {state.total_changes}"
-            self.write(m.ParameterStatus(RESULT_PARAM, result).encode())
+            result = ext.encode_result(_tag_count(tag), state.last_rowid, state.total_changes)
+            self.write(m.ParameterStatus(ext.RESULT, result).encode())
         self.write(m.CommandComplete(tag).encode())
 
     def _after_statement(self) -> None:
@@ -817,8 +810,8 @@ class PgConnection:
         desc = self._fields(cols, oids, formats)
         if self.state.ext:
             # The extension tells the columns' declared types first (sqlite3's PARSE_DECLTYPES).
-            decltypes = json.dumps([c.decltype for c in cols])
-            return m.ParameterStatus(DECLTYPES_PARAM, decltypes).encode() + desc
+            decltypes = ext.encode_decltypes(c.decltype for c in cols)
+            return m.ParameterStatus(ext.DECLTYPES, decltypes).encode() + desc
         return desc
 
     def _fields(self, cols, oids, formats) -> bytes:
@@ -1143,7 +1136,7 @@ class PgConnection:
         # (Not for the sqld extension: sqlite3's executescript runs statements one by one.)
         # A savepoint command before any BEGIN fails there (25P01), taking the statements
         # before it back with the implicit transaction, as PostgreSQL does.
-        own = [st for st in statements if st.verb in _OWN_TRANSACTION]
+        own = [st for st in statements if st.verb in OWN_TRANSACTION_VERBS]
         implicit = len(statements) > 1 and not self.state.ext \
             and (not own or _is_savepoint_command(own[0])) \
             and await self.service(Sync()) == b"I"

@@ -32,18 +32,18 @@ import attrs
 from sqld.backends.base import Column, NeedsWriter, StatementInfo
 from sqld.client.wire import ServerError, WireConnection, WireError
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
+from sqld.pgwire import extension as ext
 from sqld.pgwire import types as t
 from sqld.services.base import Abort, Describe, DescribeResult, Execute, ExecuteMany, Peek, StaticCursor, Sync, Terminate
 from sqld.services.compat import parse_timeout
 from sqld.sqltext import parse_one
+from sqld.verbs import WRITE_VERBS
 
 log = logging.getLogger(__name__)
 
 CONSISTENCY = "sqld.consistency"
 WAIT_TIMEOUT = "sqld.replica_wait_timeout"
 LEVELS = ("read_your_writes", "eventual", "strong")
-_WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM",
-                          "REINDEX", "ATTACH", "DETACH"))
 _DECLTYPE = {t.INT8: "INTEGER", t.INT4: "INTEGER", t.INT2: "INTEGER", t.FLOAT8: "REAL", t.FLOAT4: "REAL",
              t.TEXT: "TEXT", t.BYTEA: "BLOB", t.BOOL: "BOOLEAN"}
 _ROLLBACK = parse_one("ROLLBACK")
@@ -221,7 +221,7 @@ class ReplicaService:
             # Savepoints are for writing transactions: the transaction moves to the primary.
             await self._move_to_primary(stmt)
             return await self._in_remote_tx(req)
-        if verb not in _WRITE_VERBS:
+        if verb not in WRITE_VERBS:
             if self.local.tx_conn is None:  # no read snapshot held yet (none, or BEGIN only)
                 await self._catch_up()
             try:
@@ -314,7 +314,7 @@ class ReplicaService:
                                      hint="ROLLBACK, then retry the transaction.")
         host, port = self.primary
         state = self.state
-        options = {"sqld.report_frame": "on"}
+        options = {ext.REPORT_FRAME: "on"}
         self.sent = {}
         for name in _PASSED:
             value = state.settings.get(name, "0")
@@ -443,11 +443,8 @@ def _alive(remote: WireConnection) -> bool:
 
 def _reported_frame(remote: WireConnection) -> tuple[int, bytes] | None:
     """The primary's last frame and generation, as its ``sqld.frame`` report said last."""
-    raw = remote.params.get("sqld.frame")
-    if not raw:
-        return None
-    frame, _, generation = raw.partition(" ")
-    return int(frame), bytes.fromhex(generation)
+    raw = remote.params.get(ext.FRAME)
+    return ext.decode_frame(raw) if raw else None
 
 
 def _as_error(exc: ServerError) -> SqldError:

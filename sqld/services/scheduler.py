@@ -44,26 +44,16 @@ from sqld.services.base import (
     Sync,
     Terminate,
 )
+from sqld.pgwire import extension as ext
 from sqld.pgwire.types import INT8
 from sqld.services.groupcommit import CommitGroup, Write, groupable
 from sqld.sqltext import Statement
+from sqld.verbs import ATOMIC_VERBS, DDL_VERBS, INSERT_VERBS, READ_VERBS, TX_VERBS, WRITE_VERBS
 
 log = logging.getLogger(__name__)
 
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
-TX_VERBS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"))
-DDL_VERBS = ("CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE")
-# Statements that always write go straight to the writer; others try a reader first.
-WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM",
-                         "REINDEX", "ATTACH", "DETACH"))
-# Statements that never write: on the writer too they may run inline under a step budget
-# (an interrupted read leaves the transaction as it was; an interrupted write would not).
-READ_VERBS = frozenset(("SELECT", "VALUES", "EXPLAIN"))
-# Row changes (and WITH … INSERT/UPDATE/DELETE, which reach the writer when a reader refuses
-# them): an autocommit one running alone runs in a transaction of its own (_atomic_write).
-ATOMIC_VERBS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"))
 _DML_TAGS = {"INSERT": "INSERT 0 {}", "REPLACE": "INSERT 0 {}", "UPDATE": "UPDATE {}", "DELETE": "DELETE {}"}
-_INSERT_VERBS = frozenset(("INSERT", "REPLACE"))
 _NO_ROWS_INFO = StatementInfo(columns=(), param_count=0, readonly=True)
 
 
@@ -235,10 +225,10 @@ class ResultCursor:
         if self._verb in _DML_TAGS:
             if self._changes is None:
                 self._changes = self._conn.changes()
-                if self._verb in _INSERT_VERBS:
+                if self._verb in INSERT_VERBS:
                     self.last_rowid = self._conn.last_insert_rowid()
             self._service.state.total_changes += self._changes
-            if self._verb in _INSERT_VERBS and self.last_rowid is not None:
+            if self._verb in INSERT_VERBS and self.last_rowid is not None:
                 self._service.state.last_rowid = self.last_rowid
         release, self._release = self._release, None
         if release is not None:
@@ -309,7 +299,7 @@ class SchedulerService:
         # A replica's forwarded session asks to be told the replication log's last frame
         # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
         capture = getattr(scheduler.backend, "capture", None)
-        self.frame_source = capture if capture is not None and state.settings.get("sqld.report_frame") == "on" else None
+        self.frame_source = capture if capture is not None and state.settings.get(ext.REPORT_FRAME) == "on" else None
         self.frame_reported: tuple | None = None
 
     @property
@@ -365,7 +355,7 @@ class SchedulerService:
                 frame = (log_.last_commit, log_.generation)
                 if frame != self.frame_reported:
                     self.frame_reported = frame
-                    self.state.reported["sqld.frame"] = f"{frame[0]} {frame[1].hex()}"
+                    self.state.reported[ext.FRAME] = ext.encode_frame(*frame)
             return self.status
         if type(request) is Abort:
             if self.implicit:
@@ -665,7 +655,7 @@ class SchedulerService:
 
     async def execute_many(self, req: ExecuteMany) -> int:
         stmt = req.statement
-        if not self.in_tx or self.failed or stmt.verb not in _INSERT_VERBS:
+        if not self.in_tx or self.failed or stmt.verb not in INSERT_VERBS:
             changed = 0
             for params in req.rows:
                 cur = await self.execute(Execute(stmt, params, 1, req.pipelined))
