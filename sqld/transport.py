@@ -11,8 +11,11 @@ waits only when the socket's buffer is full (backpressure on a client that stops
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import socket
 import ssl
+import termios
 from collections import deque
 
 import anyio
@@ -24,6 +27,10 @@ log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds
 LOW_WATER = 64 * 1024
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+# Linux TCP states once the peer has sent its FIN: TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
+_PEER_CLOSED = frozenset({6, 7, 8, 9, 11})
+_TCP_CLOSE = 7
 
 
 class SendTimeout(anyio.BrokenResourceError):
@@ -105,6 +112,7 @@ class ProtocolStream(anyio.abc.ByteStream):
     def __init__(self, protocol: StreamProtocol) -> None:
         self._p = protocol
         self._closed = False
+        self._eof_sent = False
 
     @property
     def extra_attributes(self):
@@ -175,14 +183,86 @@ class ProtocolStream(anyio.abc.ByteStream):
         elif p.eof:
             p._gone(False)
 
+    def _socket(self):
+        transport = self._p.transport
+        return transport.get_extra_info("socket") if transport is not None else None
+
+    def peer_closed(self) -> bool:
+        """Whether the client has closed its sending side, asked of the kernel: while reading
+        is paused (much unread input) the stream's end is not seen until all before it is
+        read, but TCP's state tells at once (Linux TCP_INFO; elsewhere: as far as read)."""
+        p = self._p
+        if p.eof:
+            return True
+        sock = self._socket()
+        if sock is None or _TCP_INFO is None:
+            return False
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] in _PEER_CLOSED
+        except (OSError, IndexError):
+            return False
+
+    def reset_by_peer(self) -> bool:
+        """Whether the connection ended with a reset (a closed socket answers what reaches
+        it so), asked of the kernel: asyncio hears of it only at the next read or write."""
+        p = self._p
+        if p.exc is not None:
+            return True
+        sock = self._socket()
+        if sock is None or _TCP_INFO is None:
+            return False
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] == _TCP_CLOSE
+        except (OSError, IndexError):
+            return False
+
+    def probe(self, data: bytes) -> None:
+        """Write ``data`` (a whole message the client may get at any time) at once, ahead of
+        nothing buffered by the caller: if the client's socket is closed, its kernel answers
+        with a reset (``reset_by_peer``)."""
+        transport = self._p.transport
+        if transport is None or transport.is_closing() or self._eof_sent:
+            return
+        try:
+            transport.write(data)
+        except (RuntimeError, OSError):
+            pass
+
+    def peek_unread(self) -> bytes | None | bool:
+        """Every byte received and not yet read — what this stream holds, then what the
+        kernel holds for the socket (looked at, not taken) — or None where that cannot be
+        seen (TLS: the kernel's bytes are still encrypted), False if the connection was
+        reset (the kernel dropped what it held)."""
+        p = self._p
+        transport = p.transport
+        if p.exc is not None:
+            return False
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return None
+        held = b"".join(p.chunks)
+        sock = self._socket()
+        if sock is None:
+            return held
+        if self.reset_by_peer():
+            return False  # what the kernel held is gone, and nothing more comes
+        try:
+            queued = int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little")
+            if not queued:
+                return held
+            with sock.dup() as peer:  # asyncio's socket wrapper lends no recv; a dup reads the same queue
+                return held + peer.recv(queued, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (OSError, ValueError):
+            return None
+
     @property
     def unread(self) -> int:
         """Bytes received and not yet read from the stream."""
         return self._p.size if self._p.chunks else 0
 
     async def send(self, item: bytes, limit: float | None = None) -> None:
-        """Send ``item``; wait while the socket's buffer is full, at most ``limit``
-        seconds (then the connection is dropped and ``SendTimeout`` raised)."""
+        """Send ``item``; wait while the socket's buffer is full, as long as the client
+        reads, but at most ``limit`` seconds with nothing read (then the connection is
+        dropped and ``SendTimeout`` raised): a slow reader is no stalled one."""
         p = self._p
         if self._closed:
             raise anyio.ClosedResourceError
@@ -194,11 +274,21 @@ class ProtocolStream(anyio.abc.ByteStream):
         if limit is None:
             await self._drain()
             return
-        with anyio.move_on_after(limit) as scope:
-            await self._drain()
-        if scope.cancelled_caught:
-            p.transport.abort()  # what is buffered for a client that does not read is dropped
-            raise SendTimeout(limit)
+        transport = p.transport
+        loop = asyncio.get_running_loop()
+        stalled_since = loop.time()
+        left = transport.get_write_buffer_size()
+        while p.write_paused:
+            with anyio.move_on_after(min(limit, 0.5)):
+                await self._drain()
+            if not p.write_paused:
+                return
+            now, size = loop.time(), transport.get_write_buffer_size()
+            if size < left:
+                stalled_since, left = now, size  # it read some: the wait starts again
+            elif now - stalled_since >= limit:
+                transport.abort()  # what is buffered for a client that does not read is dropped
+                raise SendTimeout(limit)
 
     async def _drain(self) -> None:
         p = self._p
@@ -210,6 +300,7 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     async def send_eof(self) -> None:
         if self._p.transport is not None and self._p.transport.can_write_eof():
+            self._eof_sent = True
             self._p.transport.write_eof()
 
     async def aclose(self) -> None:

@@ -53,11 +53,15 @@ class Decoder:
             del self._buf[: self._pos]
             self._pos = 0
 
-    def upcoming(self, wanted: bytes) -> int | None:
+    def upcoming(self, wanted: bytes, more: bytes = b"") -> int | None:
         """The type byte of the first whole buffered message whose type is in ``wanted``, or
         None when none is buffered yet. It looks without consuming (the server asks whether
-        a pipeline's Sync is already here, or another Execute comes first)."""
-        buf, pos, end = self._buf, self._pos, len(self._buf)
+        a pipeline's Sync is already here, or another Execute comes first). ``more``: bytes
+        received after the buffer, not fed yet, to look through as well."""
+        buf, pos = self._buf, self._pos
+        if more:
+            buf, pos = bytes(buf[pos:]) + more, 0
+        end = len(buf)
         while pos + 5 <= end:
             kind = buf[pos]
             if kind in wanted:

@@ -53,9 +53,11 @@ class MessageMemory:
         self.used = 0
         self._freed: anyio.Event | None = None  # made on the event loop, when first waited on
 
-    async def reserve(self, size: int, wait: float) -> None:
+    async def reserve(self, size: int, wait: float, message: int) -> None:
+        """Take ``size`` more bytes for a large message (of ``message`` bytes) as its bytes
+        arrive; wait at most ``wait`` seconds for room, then fail the session (53200)."""
         limit = self.limit
-        if not limit or size <= self.LARGE:
+        if not limit or not size:
             return
         with anyio.move_on_after(wait):
             while self.used + size > limit and self.used:
@@ -65,12 +67,12 @@ class MessageMemory:
             self.used += size
             return
         raise SqldError("out of memory", sqlstate="53200", severity="FATAL",
-                        detail=f"A message of {size >> 20} MiB waited {wait:g} s for room: other sessions' large "
+                        detail=f"A message of {message >> 20} MiB waited {wait:g} s for room: other sessions' large "
                         f"messages being received take {self.used >> 20} of {limit >> 20} MiB "
                         "(--max-message-memory-mb).")
 
     def release(self, size: int) -> None:
-        if size and self.limit and size > self.LARGE:
+        if size and self.limit:
             self.used -= size
             freed, self._freed = self._freed, None
             if freed is not None:
@@ -160,6 +162,7 @@ class SessionState:
     client_gone: float = 0.0  # when (time.monotonic) the client closed its connection; 0: it has not
     executing: bool = False
     in_copy: bool = False  # a COPY FROM STDIN is under way: a cancel request counts between its batches too
+    on_cancel: Callable[[], None] | None = None  # wakes a COPY waiting for the client's rows
     discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
     ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
     read_only_user: bool = False  # the user may not write (a users-file "readonly" user)
@@ -255,6 +258,7 @@ class ExecuteMany:
     statement: Statement
     rows: list
     pipelined: bool = False
+    deadline: float | None = None  # time.monotonic() by which the COPY must be done (its statement timeout)
 
     def __repr__(self) -> str:
         return f"ExecuteMany({self.statement.sql[:80]!r}, {len(self.rows)} rows)"

@@ -7,6 +7,8 @@ wait for the client (or the buffer is large), so a pipelined batch costs one wri
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import os
 import secrets
@@ -26,10 +28,10 @@ from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.services import copy
-from sqld.services.base import Abort, Describe, Execute, ExecuteMany, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
+from sqld.services.base import CLIENT_GONE_GRACE, Abort, Describe, Execute, ExecuteMany, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
-from sqld.transport import SendTimeout
+from sqld.transport import ProtocolStream, SendTimeout
 from sqld.verbs import OWN_TRANSACTION_VERBS
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ FLUSH_AT = 64 * 1024   # write out once this much output is buffered
 BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
 MESSAGE_ROOM_WAIT = 30.0  # seconds a large message may wait for room in --max-message-memory-mb
 COPY_BATCH = 2000      # COPY FROM STDIN rows inserted per trip to SQLite (at most)
+READ_SIZE = 65536      # bytes read from the socket at a time
+PROBE_WAIT = 0.2       # seconds for a reset to come back after a probe of a client that closed its side
+LINGER = 1.0           # seconds a connection ended by a FATAL error reads on before it closes
 
 _BATCH_MESSAGES = (m.Parse, m.Bind, m.Execute, m.Describe, m.Close)
 _PARSE_COMPLETE = m.ParseComplete().encode()
@@ -144,6 +149,8 @@ class Registry:
             return False
         if state.executing or state.in_copy:
             state.cancel_requested = True
+            if state.on_cancel is not None:
+                state.on_cancel()
         return True
 
     def cancel_all(self) -> None:
@@ -210,6 +217,7 @@ class PgConnection:
         self.replication = None  # the Scheduler a replication connection streams from
         self.gate_entry = None
         self.reserved = 0  # bytes of MessageMemory held for the large message being received
+        self.copy_watch = None  # the timer of _watch_copy_client while a COPY FROM STDIN runs
 
     # -- output ---------------------------------------------------------------------------
 
@@ -226,9 +234,28 @@ class PgConnection:
         state = self.state
         if state is None or state.client_gone:
             return
-        if not broken and (self.decoder.has_message() or getattr(self.stream, "unread", 0)):
+        if broken or self.replication is not None:
+            state.client_gone = time.monotonic()
             return
-        state.client_gone = time.monotonic()
+        if self.decoder.has_message() or getattr(self.stream, "unread", 0):
+            return  # it sent more: the answers to it will tell (a closed socket resets)
+        # A FIN with nothing left to handle: a half-close (the client reads on) or a client
+        # that is gone (killed). Something harmless is written; a closed socket answers it
+        # with a reset.
+        self._probe()
+        asyncio.get_running_loop().call_later(PROBE_WAIT, self._after_probe)
+
+    def _probe(self) -> None:
+        probe = getattr(self.stream, "probe", None)
+        if probe is not None and self.state is not None:
+            # A ParameterStatus may come at any time (protocol 55.2.7); this one repeats a value.
+            name = "application_name"
+            probe(m.ParameterStatus(name, self.state.settings.get(name, "")).encode())
+
+    def _after_probe(self) -> None:
+        state = self.state
+        if state is not None and not state.client_gone and self.stream.reset_by_peer():
+            state.client_gone = time.monotonic()
 
     async def flush(self) -> None:
         if self.out:
@@ -281,18 +308,19 @@ class PgConnection:
             await self.flush()
 
     async def _reserve(self) -> None:
-        """Room in MessageMemory for the large message being received (only past its
-        header: the bytes before were read within the per-socket buffers)."""
+        """Room in MessageMemory for the large message being received, taken as its bytes
+        arrive (one read ahead): what a header claims costs nothing until it is sent."""
         budget = self.factory.message_memory
-        size = self.decoder.front_length() if self.decoder.wanted() else 0
-        if size == self.reserved:
-            return
-        budget.release(self.reserved)
-        self.reserved = 0
-        if size > budget.LARGE and size <= self.decoder.max_message_size:
+        decoder = self.decoder
+        size = decoder.front_length() if decoder.wanted() else 0
+        want = min(size, decoder.buffered + READ_SIZE) if budget.LARGE < size <= decoder.max_message_size else 0
+        more = want - self.reserved
+        if more > 0:
             st = self.state.statement_timeout if self.state is not None else None
-            await budget.reserve(size, min(st or MESSAGE_ROOM_WAIT, MESSAGE_ROOM_WAIT))
-            self.reserved = size
+            await budget.reserve(more, min(st or MESSAGE_ROOM_WAIT, MESSAGE_ROOM_WAIT), size)
+        elif more < 0:
+            budget.release(-more)
+        self.reserved = want
 
     async def receive(self) -> None:
         if self.reserved or self.decoder.buffered >= 5:
@@ -307,14 +335,14 @@ class PgConnection:
                 # session's writes wait for it. Past the limit it is ended (rolled back).
                 with anyio.move_on_after(idle_limit) as scope:
                     await self.flush()
-                    data = await self.stream.receive(65536)
+                    data = await self.stream.receive(READ_SIZE)
                 if scope.cancelled_caught:
                     raise SqldError("terminating connection due to idle-in-transaction timeout",
                                     sqlstate="25P03", severity="FATAL")
             else:
                 if self.out:  # never wait for the client while holding answers back from it
                     await self.flush()
-                data = await self.stream.receive(65536)
+                data = await self.stream.receive(READ_SIZE)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             raise _Gone() from None
         self.decoder.feed(data)
@@ -367,6 +395,7 @@ class PgConnection:
                 log.info("closing session: %s %s", exc.sqlstate, exc.message)
                 self.write_error(exc)
                 await self.flush()
+                await self._linger()
             except anyio.get_cancelled_exc_class():
                 with anyio.move_on_after(1, shield=True):
                     self.write_error(AdminShutdown("terminating connection due to administrator command"))
@@ -377,6 +406,20 @@ class PgConnection:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.close()
+
+    async def _linger(self) -> None:
+        """After a FATAL error, before closing: end the sending side and read (discarding)
+        what the client still sends, for a moment. Closing with its bytes unread would make
+        the kernel answer with a reset, which throws away the error not yet read."""
+        if not isinstance(self.stream, ProtocolStream):
+            return
+        with anyio.move_on_after(LINGER):
+            try:
+                await self.stream.send_eof()
+                while True:
+                    await self.stream.receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
 
     async def close(self) -> None:
         self.factory.message_memory.release(self.reserved)
@@ -975,17 +1018,65 @@ class PgConnection:
         self.write(m.COPY_DONE)
         self.write(m.CommandComplete(f"COPY {count}").encode())
 
+    async def _copy_receive(self, deadline: float | None) -> None:
+        """Receive more of a COPY's data; a cancel request or the COPY's deadline ends the
+        wait (then the caller's check raises)."""
+        state = self.state
+        with anyio.CancelScope() as scope:
+            if deadline is not None:
+                scope.deadline = anyio.current_time() + max(0.0, deadline - time.monotonic())
+            state.on_cancel = scope.cancel
+            try:
+                await self.receive()
+            finally:
+                state.on_cancel = None
+
+    def _copy_can_end(self) -> bool | None:
+        """Once the client has closed its side, whether what it sent ends the COPY (a
+        CopyDone or CopyFail among the bytes not yet read); None while it may send more, or
+        where that cannot be seen (TLS: the kernel's bytes are encrypted)."""
+        closed = getattr(self.stream, "peer_closed", None)
+        if closed is None or not closed():
+            return None
+        unread = self.stream.peek_unread()
+        if unread is None:
+            return None
+        if unread is False:
+            return False  # the connection was reset: nothing more can come
+        return self.decoder.upcoming(b"cf", unread) is not None
+
     async def _copy_in(self, spec, extended: bool = False) -> None:
         # The whole COPY is one statement: a cancel request stops it while it waits for rows
         # too, not only while a batch of them is being inserted.
         state = self.state
         state.in_copy = True
         state.cancel_requested = False
+        loop = asyncio.get_running_loop()
+        self.copy_watch = loop.call_later(0.25, self._watch_copy_client, loop, 0)
         try:
             await self._copy_rows_in(spec, extended)
         finally:
+            self.copy_watch.cancel()
             state.in_copy = False
             state.cancel_requested = False
+
+    def _watch_copy_client(self, loop, tick: int) -> None:
+        """While a COPY runs (a batch of its rows may take long inside SQLite), look a few
+        times a second whether its client closed its side with no end of the COPY in what
+        it sent (psql killed mid-COPY): then nothing of it can be kept, and it stops at once
+        (within a batch too: SQLite's progress handler asks ``SessionState.cancelled``)."""
+        state = self.state
+        if state.client_gone or not state.in_copy:
+            return
+        if tick % 4 == 3:
+            # A killed client's unsent rows and FIN wait in its kernel while this one's
+            # buffers are full: a closed socket shows itself only by answering a write.
+            self._probe()
+        ends = self._copy_can_end()
+        if ends is False:
+            state.client_gone = time.monotonic() - CLIENT_GONE_GRACE
+        elif ends is None:
+            self.copy_watch = loop.call_later(0.25, self._watch_copy_client, loop, tick + 1)
 
     async def _copy_rows_in(self, spec, extended: bool) -> None:
         """COPY FROM STDIN: all rows or none, as in PostgreSQL. Outside a transaction block
@@ -1025,7 +1116,10 @@ class PgConnection:
         any_blob = any(blobs)
 
         def check_stop() -> None:
-            if self.state.cancel_requested:
+            state = self.state
+            if state.client_gone and state.cancelled():
+                raise QueryCanceled.because("cancel")
+            if state.cancel_requested:
                 raise QueryCanceled("canceling statement due to user request",
                                     detail=f"COPY {spec.table}: {count} rows in")
             if deadline is not None and time.monotonic() > deadline:
@@ -1054,7 +1148,7 @@ class PgConnection:
                 # batch each time its messages are read), not one per row. The rows before
                 # a malformed one go in first: an error among them is the COPY's error, as
                 # when rows are inserted one by one.
-                await self.service(ExecuteMany(insert, batch, pipelined))
+                await self.service(ExecuteMany(insert, batch, pipelined, deadline))
                 count += len(batch)
             if bad is not None:
                 raise bad
@@ -1069,12 +1163,23 @@ class PgConnection:
                     try:
                         rows, pending = pending, []
                         await insert_rows(rows)
+                    except QueryCanceled as exc:
+                        error = error or exc
+                        break
                     except SqldError as exc:
                         if exc.severity == "FATAL":
                             raise
                         error = error or exc  # keep reading until the client ends the copy
                     continue
-                await self.receive()
+                if error is None:
+                    try:
+                        await self._copy_receive(deadline)
+                        check_stop()
+                    except QueryCanceled as exc:
+                        error = exc
+                        break
+                else:
+                    await self.receive()
                 continue
             mt = type(msg)
             try:
@@ -1104,7 +1209,10 @@ class PgConnection:
                     raise
                 pending = []
                 error = error or exc  # keep reading until the client ends the copy
-                if ended:
+                if ended or isinstance(exc, QueryCanceled):
+                    # A cancel, the statement timeout or a client gone stops the COPY at once,
+                    # as in PostgreSQL: the error goes out now; the CopyData the client still
+                    # sends is ignored (outside COPY, or skipped to Sync).
                     break
         if own_tx:
             with anyio.CancelScope(shield=True):

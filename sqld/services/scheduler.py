@@ -375,8 +375,9 @@ class SchedulerService:
         t = self.state.statement_timeout
         return time.monotonic() + t if t else None
 
-    async def _in_thread(self, conn: Connection, fn, *args):
-        conn.guard(budget=None, deadline=self._deadline(), cancelled=self.state.cancelled, context=self.state)
+    async def _in_thread(self, conn: Connection, fn, *args, deadline: float | None = None):
+        conn.guard(budget=None, deadline=deadline or self._deadline(), cancelled=self.state.cancelled,
+                   context=self.state)
         self.state.executing = True
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self.s.limiter)
@@ -665,7 +666,7 @@ class SchedulerService:
         try:
             conn = await self._tx_writer_for(stmt)
             self.state.new_statement()
-            changed = await self._in_thread(conn, conn.run_many, stmt.sql, req.rows)
+            changed = await self._in_thread(conn, conn.run_many, stmt.sql, req.rows, deadline=req.deadline)
         except NeedsOwnConnection:
             self._fail()
             raise SqldError("this COPY needs a connection of the session's own (a temporary object): "

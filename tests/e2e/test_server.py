@@ -287,13 +287,18 @@ def test_idle_in_transaction_timeout_frees_the_writer(start_sqld):
         assert c.execute("show idle_in_transaction_session_timeout").fetchone() == ("200ms",)
 
 
+NO_OWN_CONNECTION = pytest.mark.skipif(
+    os.environ.get("SQLD_TEST_BACKEND") == "mvsqlite",
+    reason="mvsqlite refuses temporary objects (0A000): no session has a connection of its own there")
+
+
 @pytest.mark.parametrize("kind, create", [
     ("trigger", "create trigger {o} after insert on {t} begin select 1; end"),
     ("index", "create index {o} on {t}(a)"),
     ("view", "create view {o} as select a from {t}"),
     ("table", "create table {o}(x)"),
 ])
-@pytest.mark.parametrize("own_connection", [False, True])
+@pytest.mark.parametrize("own_connection", [False, pytest.param(True, marks=NO_OWN_CONNECTION)])
 def test_drop_if_exists_that_was_a_no_op_drops_once_there_is_something(sqld_server, table_name, kind, create,
                                                                         own_connection):
     """Found by the attack review: `DROP … IF EXISTS` of nothing is a read to SQLite; the
@@ -323,6 +328,7 @@ def test_drop_if_exists_that_was_a_no_op_drops_once_there_is_something(sqld_serv
         assert other.execute("select count(*) from sqlite_schema where name = %s", (obj,)).fetchone() == (1,)
 
 
+@NO_OWN_CONNECTION
 @pytest.mark.parametrize("kind, create", [("index", "create index {o} on {t}(a)"), ("table", "create table {o}(x)"),
                                           ("view", "create view {o} as select 1")])
 def test_a_name_dropped_through_another_connection_can_be_created_again(sqld_server, table_name, kind, create):
