@@ -154,7 +154,10 @@ class LibsqlConnection:
 
     # -- statements -----------------------------------------------------------------------
 
-    def info(self, sql: str, retry: bool = True) -> StatementInfo:
+    def info(self, sql: str) -> StatementInfo:
+        return self._info(sql, True)
+
+    def _info(self, sql: str, retry: bool) -> StatementInfo:
         """Prepare ``sql`` (freshly: a cached statement may predate a schema change) and say
         what it takes and returns, without running it."""
         got: dict[str, Any] = {}
@@ -183,7 +186,7 @@ class LibsqlConnection:
             self._budget = budget
             self._close_cursor(cur)
         if stale:
-            return self.info(sql, retry=False)
+            return self._info(sql, False)
         if not got:  # an empty statement
             return StatementInfo(columns=(), param_count=0, readonly=True)
         if got["rest"].strip(" \t\r\n;"):
@@ -207,7 +210,10 @@ class LibsqlConnection:
             return False
         return True
 
-    def start(self, sql: str, params: Sequence[Any], first: int, retry: bool = True):
+    def start(self, sql: str, params: Sequence[Any], first: int):
+        return self._start(sql, params, first, True)
+
+    def _start(self, sql: str, params: Sequence[Any], first: int, retry: bool):
         self._reset_authorizer()
         cur = self.apsw.cursor()
         try:
@@ -235,7 +241,7 @@ class LibsqlConnection:
                 # it runs on the writer instead.
                 raise NeedsWriter() from None
             if retry and self._stale_schema(exc):
-                return self.start(sql, params, first, retry=False)
+                return self._start(sql, params, first, False)
             self._raise(exc)
         except UnicodeDecodeError as exc:
             self._close_cursor(cur)
@@ -292,11 +298,16 @@ class LibsqlConnection:
 
     def run(self, sql: str) -> None:
         """Run one statement to completion, ignoring rows (transaction control, pragmas)."""
+        self._run(sql, True)
+
+    def _run(self, sql: str, retry: bool) -> None:
         self._reset_authorizer()
         try:
             for _ in self.apsw.execute(sql):
                 pass
         except apsw.Error as exc:
+            if retry and self._stale_schema(exc):
+                return self._run(sql, False)
             self._raise(exc)
         except (UnicodeDecodeError, Exception) as exc:
             raise (_not_utf8(exc) if isinstance(exc, UnicodeDecodeError) else _raised_in_python(exc)) from None
