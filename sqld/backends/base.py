@@ -66,6 +66,7 @@ class Connection(Protocol):
 
     readonly: bool
     context: Any
+    epoch: int  # the scheduler's reader generation this connection belongs to (0 until pooled)
 
     def guard(self, *, budget: int | None, deadline: float | None, cancelled: Any, context: Any) -> None: ...
 
@@ -109,9 +110,20 @@ class Connection(Protocol):
 
 
 class Backend(Protocol):
-    """A database: a writer, a pool of readers, and a clean shutdown."""
+    """A database: a writer, a pool of readers, and a clean shutdown.
+
+    Optional abilities are attributes every backend has, None where it lacks them: callers
+    test ``is None``, never probe."""
 
     name: str
+    # The replication log replicas follow (replication/capture.py; mvsqlite: FDB's change
+    # log), None when the server keeps none.
+    capture: Any
+    # ContinuesSnapshots.begin_write_after where other processes write too (mvsqlite), else None.
+    begin_write_after: Any
+    # () -> (apsw connection, version): a snapshot a base backup copies pages from, where
+    # snapshots are versions (mvsqlite); None: the backup copies the file (libsql).
+    backup_source: Any
 
     def open(self) -> None: ...
 

@@ -70,6 +70,7 @@ class LibsqlConnection:
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
         self.apsw = conn
         self.readonly = readonly
+        self.epoch = 0  # the scheduler's reader generation (Connection.epoch)
         memory.apply(conn)
         # SQLite's defensive mode: no SQL may corrupt the file on purpose (writable_schema,
         # PRAGMA schema_version = N, writes to sqlite_dbpage or to virtual tables' shadow tables).
@@ -385,6 +386,8 @@ class LibsqlBackend:
         self.replication_log = replication_log
         self.replication_log_max_bytes = replication_log_max_bytes
         self.capture = None
+        self.begin_write_after = None  # one process writes: its own commit count says it all
+        self.backup_source = None  # a base backup copies the file
         self.synchronous = synchronous
         self.foreign_keys = foreign_keys
         self.busy_timeout_ms = busy_timeout_ms

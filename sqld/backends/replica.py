@@ -35,6 +35,8 @@ class ReplicaBackend:
         self.foreign_keys = foreign_keys
         self.busy_timeout_ms = busy_timeout_ms
         self.capture = None
+        self.begin_write_after = None
+        self.backup_source = None
         self._writer: LibsqlConnection | None = None
         # Weak: readers the scheduler drops (drop_readers) are gone once closed.
         self._readers: weakref.WeakSet[LibsqlConnection] = weakref.WeakSet()

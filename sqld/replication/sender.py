@@ -41,7 +41,7 @@ class NoLog(SqldError):
 
 
 def _capture(scheduler):
-    capture = getattr(scheduler.backend, "capture", None)
+    capture = scheduler.backend.capture
     if capture is None:
         raise NoLog("this server keeps no replication log",
                     hint="Start the primary with --replication-log (the default) to serve replicas.")
@@ -119,7 +119,7 @@ async def _base_backup(conn, scheduler, capture) -> None:
 
 async def _base_backup_now(conn, scheduler, capture) -> None:
     backend = scheduler.backend
-    pinned = hasattr(backend, "backup_source")  # snapshots are versions (mvsqlite)
+    pinned = backend.backup_source is not None  # snapshots are versions (mvsqlite)
     name = f"sqld-snapshot-{os.getpid()}-{id(conn)}.tmp"
     tmp = os.path.join(tempfile.gettempdir(), name) if pinned else f"{backend.path}-replog.{name}"
     if not pinned:

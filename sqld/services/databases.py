@@ -226,7 +226,7 @@ class Databases:
         if name == MAIN or name in self._pinned or self._sessions.get(name, 0):
             return False
         scheduler = self.open[name]
-        capture = getattr(scheduler.backend, "capture", None)
+        capture = scheduler.backend.capture
         if capture is not None and capture.listeners:
             return False
         if scheduler.writer_lock.locked() or scheduler._reader_slots.value < scheduler.max_readers:

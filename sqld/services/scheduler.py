@@ -146,7 +146,7 @@ class Scheduler:
     def release_reader(self, conn: Connection) -> None:
         _unguard(conn)  # the session's cancel and deadline are not the next user's
         conn.finish()
-        if getattr(conn, "epoch", 0) != self.reader_epoch:
+        if conn.epoch != self.reader_epoch:
             conn.close()
             self._reader_slots.release()
             return
@@ -298,7 +298,7 @@ class SchedulerService:
         self.on_close = None  # called when the session ends (a private database is dropped)
         # A replica's forwarded session asks to be told the replication log's last frame
         # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
-        capture = getattr(scheduler.backend, "capture", None)
+        capture = scheduler.backend.capture
         self.frame_source = capture if capture is not None and state.settings.get(ext.REPORT_FRAME) == "on" else None
         self.frame_reported: tuple | None = None
 
@@ -789,7 +789,7 @@ class SchedulerService:
                 # upgrades the transaction (the check above made sure it can).
                 conn.readonly = False
                 return conn
-            continues = getattr(self.s.backend, "begin_write_after", None)
+            continues = self.s.backend.begin_write_after
             if continues is not None:
                 # Other processes write too (mvsqlite): the write continues the reader's snapshot,
                 # taken over before the reader lets it go (base.ContinuesSnapshots; issue 10, 4).

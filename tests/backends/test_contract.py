@@ -229,3 +229,13 @@ def test_create_of_a_name_another_connection_dropped(side):
     other.run("drop index ix")
     w.run("create index ix on t(v)")
     assert rows(w, "select count(*) from sqlite_schema where name = 'ix'") == [(1,)]
+
+
+def test_optional_abilities_are_attributes_not_probes(side):
+    """Callers test ``is None``: every backend has every attribute of the protocol."""
+    b = side.backend
+    for name in ("capture", "begin_write_after", "backup_source"):
+        assert hasattr(b, name), name
+    assert (b.begin_write_after is not None, b.backup_source is not None) == \
+        {"libsql": (False, False), "mvsqlite": (True, True), "replica": (False, False)}[side.name]
+    assert b.writer().epoch == 0 and b.open_reader().epoch == 0
