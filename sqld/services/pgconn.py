@@ -1193,6 +1193,7 @@ class PgConnection:
                     continue
                 if mt is m.CopyDone:
                     ended = True  # the copy is over, whatever its last line holds
+                    self.copy_watch.cancel()  # the client sent its end: done, whether it reads on or not
                     if error is None:
                         rows, pending = pending, []
                         rows += reader.finish()

@@ -1034,6 +1034,33 @@ def test_item3_the_statement_timeout_ends_a_copy_waiting_for_rows_and_bounds_eac
         r.close()
 
 
+def test_item3_a_half_closed_copy_whose_last_batch_is_slow_commits(sqld_server):
+    """Found by the second attack review: the COPY's watch went on after CopyDone had been
+    read; with the client's side closed and no CopyDone left unread it judged the COPY
+    unable to end, and ended its last batch (a slow trigger) with 08006, nothing kept."""
+    from tests.rawclient import RawClient, copy_data
+
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute("drop table if exists hcs")
+        c.execute("drop table if exists hcslog")
+        c.execute("create table hcs (a integer)")
+        c.execute("create table hcslog (n)")
+        c.execute("create trigger hcs_t after insert on hcs begin insert into hcslog select count(*) from "
+                  "(with recursive r(i) as (select 1 union all select i + 1 from r where i < 3000) select i from r); end")
+    r = RawClient(sqld_server.host, sqld_server.port, timeout=60)
+    try:
+        r.send(m.Query("copy hcs from stdin"))
+        assert isinstance(r.recv(), m.CopyInResponse)
+        r.sock.sendall(copy_data(b"".join(b"%d\n" % i for i in range(1500))) + m.COPY_DONE)
+        r.sock.shutdown(socket.SHUT_WR)
+        out = r.until_ready()
+    finally:
+        r.sock.close()
+    assert [msg.tag for msg in out if isinstance(msg, m.CommandComplete)] == ["COPY 1500"], out
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        assert c.execute("select count(*) from hcs").fetchone() == (1500,)
+
+
 def test_item3_a_killed_psql_mid_copy_frees_the_writer(start_sqld, tmp_path):
     """Found by the attack review: psql killed (SIGKILL) during a \\copy leaves its unsent
     rows and its FIN in its kernel while the server's buffers are full; the server, seeing
