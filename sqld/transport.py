@@ -55,6 +55,7 @@ class StreamProtocol(asyncio.Protocol):
         self.read_waiter: asyncio.Future | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future | None = None
+        self.tls = False  # set once start_tls switched the stream to TLS
         self.on_gone = None  # on_gone(broken): the client closed its side (False) or the connection ended (True)
 
     def _gone(self, broken: bool) -> None:
@@ -81,7 +82,9 @@ class StreamProtocol(asyncio.Protocol):
         self.eof = True
         self._wake_reader()
         self._gone(False)
-        return True  # a half-close: the client may still read the answers to what it sent
+        # A half-close: the client may still read the answers to what it sent. Not over TLS:
+        # asyncio's TLS transport closes at the end of the stream whatever is returned.
+        return not self.tls
 
     def connection_lost(self, exc) -> None:
         self.eof = True
@@ -160,6 +163,7 @@ class ProtocolStream(anyio.abc.ByteStream):
         loop = asyncio.get_running_loop()
         transport = p.transport
         try:
+            p.tls = True
             with anyio.fail_after(TLS_HANDSHAKE_TIMEOUT):  # a client that never finishes its handshake
                 p.transport = await loop.start_tls(transport, p, context, server_side=True)
         except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as exc:
@@ -277,18 +281,32 @@ class ProtocolStream(anyio.abc.ByteStream):
         transport = p.transport
         loop = asyncio.get_running_loop()
         stalled_since = loop.time()
-        left = transport.get_write_buffer_size()
+        left = self._unsent()
         while p.write_paused:
             with anyio.move_on_after(min(limit, 0.5)):
                 await self._drain()
             if not p.write_paused:
                 return
-            now, size = loop.time(), transport.get_write_buffer_size()
+            now, size = loop.time(), self._unsent()
             if size < left:
                 stalled_since, left = now, size  # it read some: the wait starts again
             elif now - stalled_since >= limit:
                 transport.abort()  # what is buffered for a client that does not read is dropped
                 raise SendTimeout(limit)
+
+    def _unsent(self) -> int:
+        """Bytes written and not yet taken by the client: asyncio's buffer, then the
+        kernel's send queue (which moves as the client reads, while asyncio's buffer moves
+        only once the kernel's has room for much of it)."""
+        transport = self._p.transport
+        size = transport.get_write_buffer_size()
+        sock = self._socket()
+        if sock is not None:
+            try:
+                size += int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), "little")
+            except (OSError, ValueError):
+                pass
+        return size
 
     async def _drain(self) -> None:
         p = self._p

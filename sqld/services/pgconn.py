@@ -597,6 +597,11 @@ class PgConnection:
             if msg is NEED_DATA:
                 await self.receive()
                 continue
+            if self.reserved:
+                # A large message read whole gives its room back now, not at the next read
+                # after its statement (which may run long): others' messages wait for it.
+                self.factory.message_memory.release(self.reserved)
+                self.reserved = 0
             mt = type(msg)
             if self.skip_to_sync and mt is not m.Sync:
                 if mt is m.Terminate:

@@ -1034,6 +1034,37 @@ def test_item3_the_statement_timeout_ends_a_copy_waiting_for_rows_and_bounds_eac
         r.close()
 
 
+def test_item3_a_slow_but_steady_reader_is_served(start_sqld, tmp_path):
+    """Found by the attack reviews: the bound on a blocked send was a bound on draining the
+    whole buffer, so a client reading a big result steadily but slowly inside a transaction
+    was dropped as though it read nothing. It is now "nothing taken for that long", counted
+    in asyncio's buffer and the kernel's send queue (which moves in bursts, as the client's
+    window opens: a reader far slower than here can still look idle for seconds)."""
+    from tests.rawclient import RawClient
+
+    server = start_sqld("--idle-in-transaction-timeout", "3s", db_path=tmp_path / "db")
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("create table w (a)")
+    r = RawClient(server.host, server.port, timeout=30)
+    try:
+        r.query("begin")
+        r.query("insert into w values (0)")
+        r.send(m.Query("with recursive x(i) as (select 1 union all select i + 1 from x where i < 200000) "
+                       "select i, printf('%0200d', i) from x"))
+        started = time.monotonic()
+        while time.monotonic() - started < 10:  # three times the timeout, at a trickle
+            data = r.sock.recv(256 << 10)
+            assert data
+            r.decoder.feed(data)
+            time.sleep(0.5)
+        out = r.until_ready()  # then the rest at once: the connection is still there
+        assert isinstance(out[-1], m.ReadyForQuery) and out[-1].status == b"T"
+        r.query("commit")
+    finally:
+        r.sock.close()
+    assert "read none of its answers" not in server.log()
+
+
 def test_item3_a_half_closed_copy_whose_last_batch_is_slow_commits(sqld_server):
     """Found by the second attack review: the COPY's watch went on after CopyDone had been
     read; with the client's side closed and no CopyDone left unread it judged the COPY
@@ -1112,6 +1143,33 @@ def test_item8_a_message_header_alone_takes_no_room_in_the_message_budget(start_
     finally:
         for r in idle:
             r.sock.close()
+
+
+def test_item8_a_message_read_whole_gives_its_room_back_while_its_statement_runs(start_sqld, tmp_path):
+    """Found by the second attack review: a large message kept its room in
+    --max-message-memory-mb until its session's next read, after its statement: one long
+    statement sent as a 40 MiB message held every other session's large message back."""
+    server = start_sqld("--max-message-memory-mb", "64", db_path=tmp_path / "db")  # the least: one whole message
+    filler = "x" * (40 << 20)
+    long = ENDLESS_READ.replace("from r", "from r where i < 30000000")  # several seconds
+    done = {}
+
+    def a():
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            done["a"] = c.execute(f"select length(%s), ({long})", (filler,)).fetchone()
+
+    th = threading.Thread(target=a, daemon=True)
+    th.start()
+    time.sleep(1.0)  # A's message is in; its statement runs
+    with psycopg.connect(server.dsn(), autocommit=True) as b:
+        started = time.monotonic()
+        assert b.execute("select length(%s)", ("y" * (30 << 20),)).fetchone() == (30 << 20,)
+        waited = time.monotonic() - started
+    alive = th.is_alive()
+    th.join(60)
+    assert alive, "A's statement had ended: nothing was shown"
+    assert waited < 1.5, waited
+    assert done["a"][0] == 40 << 20
 
 
 def test_item8_a_session_refused_for_memory_reads_its_error(start_sqld, tmp_path):
