@@ -319,19 +319,31 @@ class LibsqlConnection:
         self._reset_authorizer()
         before = self.apsw.total_changes()
         cur = self.apsw.cursor()
+        started = 0
+
+        def trace(cursor, statement, bindings) -> bool:
+            nonlocal started
+            started += 1
+            return self._trace(cursor, statement, bindings)
+
+        cur.exec_trace = trace
         try:
-            for _ in cur.executemany(sql, rows):
-                pass
-        except apsw.ExecTraceAbort:
-            if self._needs_writer:
-                raise NeedsWriter() from None
+            try:
+                for _ in cur.executemany(sql, rows):
+                    pass
+            except apsw.ExecTraceAbort:
+                if self._needs_writer:
+                    raise NeedsWriter() from None
+                raise
+            except apsw.Error as exc:
+                self._raise(exc)
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(exc, []) from None
+            except Exception as exc:
+                raise _raised_in_python(exc) from None
+        except SqldError as err:
+            err.row = started - 1  # which of ``rows`` failed (COPY names its line)
             raise
-        except apsw.Error as exc:
-            self._raise(exc)
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(exc, []) from None
-        except Exception as exc:
-            raise _raised_in_python(exc) from None
         finally:
             self._close_cursor(cur)
         return self.apsw.total_changes() - before

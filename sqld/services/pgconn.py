@@ -1153,7 +1153,13 @@ class PgConnection:
                 # batch each time its messages are read), not one per row. The rows before
                 # a malformed one go in first: an error among them is the COPY's error, as
                 # when rows are inserted one by one.
-                await self.service(ExecuteMany(insert, batch, pipelined, deadline))
+                try:
+                    await self.service(ExecuteMany(insert, batch, pipelined, deadline))
+                except SqldError as err:
+                    row = getattr(err, "row", None)
+                    if row is not None and err.detail is None and 0 <= row < len(batch):
+                        err.detail = f"COPY {spec.table}, line {count + row + 1 + spec.header}"  # PostgreSQL's CONTEXT
+                    raise
                 count += len(batch)
             if bad is not None:
                 raise bad

@@ -75,3 +75,21 @@ def test_psql_backslash_copy_csv(sqld_server, table_name, tmp_path):
         "1|a,b", "2|NULL", "3|line", "break"]
     out = run("-c", f"\\copy {table_name} to stdout with csv").stdout
     assert out == '1,"a,b"\n2,\n3,"line\nbreak"\n'
+
+
+def test_a_constraint_error_names_the_line_of_the_copy(sqld_server, table_name):
+    """Found by the attack review: constraint errors of a COPY (whose rows go to SQLite a batch
+    at a time) said nothing of where; now the detail names the line, as PostgreSQL's CONTEXT
+    does, whichever batch it fell in."""
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key, v text not null)")
+        lines = b"".join(b"%d\tv\n" % i for i in range(1, 5001)) + b"3\tagain\n"
+        with pytest.raises(psycopg.errors.UniqueViolation) as e:
+            with c.cursor().copy(f"copy {table_name} from stdin") as copy:
+                copy.write(lines)
+        assert e.value.diag.message_detail == f"COPY {table_name}, line 5001"
+        with pytest.raises(psycopg.errors.NotNullViolation) as e:
+            with c.cursor().copy(f"copy {table_name} from stdin with (format csv, header)") as copy:
+                copy.write(b"id,v\n1,a\n2,\n")
+        assert e.value.diag.message_detail == f"COPY {table_name}, line 3"
+        assert c.execute(f"select count(*) from {table_name}").fetchone() == (0,)
