@@ -8,7 +8,6 @@ wait for the client (or the buffer is large), so a pipelined batch costs one wri
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import os
 import secrets
@@ -35,8 +34,6 @@ from sqld.transport import ProtocolStream, SendTimeout
 from sqld.verbs import OWN_TRANSACTION_VERBS
 
 log = logging.getLogger(__name__)
-
-# The sqld protocol extension (docs/protocol.md): asked for with this startup parameter.
 
 
 def _tag_count(tag: str) -> int:
@@ -226,11 +223,11 @@ class PgConnection:
         self.out_size += len(data)
 
     def _client_gone(self, broken: bool = True) -> None:
-        """The transport saw the client close its side (``broken`` False) or the connection
-        end. A client that closed only its sending side after whole messages not yet
-        handled (a script ending in a COPY's CopyDone, pipelined queries) waits for their
-        answers: it is gone only once nothing it sent is left to handle, as a killed client
-        is (whose socket answers what is sent to it with a reset: ``broken``)."""
+        """The transport saw the client close its side (``broken`` False: a FIN) or the
+        connection end. A FIN does not tell a half-close (the client reads on: it gets every
+        answer) from a killed client; what is sent next does: a closed socket answers it
+        with a reset. With whole messages still to handle, their answers will show it; with
+        none, a probe is written (``_probe``) and the kernel asked a moment later."""
         state = self.state
         if state is None or state.client_gone:
             return
