@@ -649,17 +649,24 @@ def test_item8_large_messages_being_received_are_capped_server_wide(start_sqld, 
     assert "Traceback" not in server.log()
 
 
-def _writer_free_within(server, seconds: float) -> float:
-    """Seconds until another session's write succeeds (it retries on 55P03)."""
+def _free_within(server, seconds: float, what: str, sql: str, lock_timeout: str) -> float:
+    """Seconds until another session's ``sql`` gets ``what`` it needs (it retries on 55P03)."""
     started = time.monotonic()
     with psycopg.connect(server.dsn(), autocommit=True) as other:
-        other.execute("set lock_timeout = '500ms'")
+        other.execute(f"set lock_timeout = '{lock_timeout}'")
         while True:
             try:
-                other.execute("insert into w values (0)")
+                cur = other.execute(sql)
+                if cur.description:
+                    assert cur.fetchone() == (42,)
                 return time.monotonic() - started
             except psycopg.errors.LockNotAvailable:
-                assert time.monotonic() - started < seconds, f"the writer was still held after {seconds} s"
+                assert time.monotonic() - started < seconds, f"the {what} was still held after {seconds} s"
+
+
+def _writer_free_within(server, seconds: float) -> float:
+    """Seconds until another session's write succeeds."""
+    return _free_within(server, seconds, "writer", "insert into w values (0)", "500ms")
 
 
 def test_item3_a_stalled_copy_or_unsynced_batch_does_not_hold_the_writer(start_sqld, tmp_path):
@@ -714,16 +721,8 @@ ENDLESS_READ = "with recursive r(i) as (select 1 union all select i + 1 from r) 
 
 
 def _read_free_within(server, seconds: float) -> float:
-    """Seconds until another session's read gets a reader (it retries on 55P03)."""
-    started = time.monotonic()
-    with psycopg.connect(server.dsn(), autocommit=True) as other:
-        other.execute("set lock_timeout = '300ms'")
-        while True:
-            try:
-                assert other.execute("select 6 * 7").fetchone() == (42,)
-                return time.monotonic() - started
-            except psycopg.errors.LockNotAvailable:
-                assert time.monotonic() - started < seconds, f"every reader was still held after {seconds} s"
+    """Seconds until another session's read gets a reader."""
+    return _free_within(server, seconds, "reader", "select 6 * 7", "300ms")
 
 
 def test_item3_statements_of_a_client_that_went_away_are_cancelled(start_sqld, tmp_path):
