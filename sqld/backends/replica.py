@@ -1,7 +1,7 @@
 """The replica backend: read-only connections on the local copy of the primary's database.
 
 The file is in rollback-journal mode and only the replication applier writes it (see
-``sqld.replication.apply``); every connection here is opened read-only. There is no
+``sqld.replication.local_copy``); every connection here is opened read-only. There is no
 writer: ``writer()`` answers a read-only connection too, which the scheduler (built with
 ``read_only=True``) never asks to write.
 """

@@ -5,7 +5,7 @@ A request from ``PgConnection`` passes through, in order:
 1. ``LoggingService``  – times and logs each statement;
 2. ``CompatService``   – answers SET/SHOW/RESET/DISCARD… itself;
 3. ``SchedulerService`` – runs the statement on the right SQLite connection; on a replica,
-   ``ReplicaService`` over it runs reads locally and forwards writes to the primary.
+   ``ForwardingService`` over it runs reads locally and forwards writes to the primary.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqld.services.base import SessionState
 from sqld.services.compat import TIMEOUTS, CompatService, Limits
 from sqld.services.databases import PRIVATE, Databases
 from sqld.services.logging import LoggingService
-from sqld.services.replica import ReplicaSessions
+from sqld.services.forward import ReplicaSessions
 from sqld.services.scheduler import Scheduler
 
 

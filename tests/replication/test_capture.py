@@ -8,7 +8,7 @@ import shutil
 import apsw
 import psycopg
 
-from sqld.replication.apply import Replica
+from sqld.replication.local_copy import LocalCopy
 from sqld.replication.log import FrameLog
 from tests.replication.test_wal_apply import content_hash
 
@@ -29,7 +29,7 @@ def _assert_log_replays_to_database(db, tmp_path, log: FrameLog) -> None:
     """The log's snapshot plus every logged transaction gives the database's content."""
     replica_path = tmp_path / "replica.db"
     shutil.copy(db / "main.db-replog.snapshot", replica_path)
-    replica = Replica(str(replica_path))
+    replica = LocalCopy(str(replica_path))
     for tx in log.since(0):
         replica.apply(tx.as_transaction())
     primary = apsw.Connection(str(db / "main.db"))

@@ -7,7 +7,7 @@ import random
 import apsw
 import pytest
 
-from sqld.replication.apply import Replica, bootstrap
+from sqld.replication.local_copy import LocalCopy, bootstrap
 from sqld.replication.log import FrameLog, LogError, SnapshotNeeded
 from sqld.replication.wal import Page, Transaction, transactions
 from tests.replication.test_wal_apply import content_hash, random_transactions
@@ -36,7 +36,7 @@ def test_log_replays_to_an_identical_replica(primary, tmp_path):
     log = FrameLog(tmp_path / "log", page_size=4096)
     _log_all(primary, tmp_path, log)
     assert log.last_frame > 120
-    replica = Replica(str(tmp_path / "replica.db"))
+    replica = LocalCopy(str(tmp_path / "replica.db"))
     for tx in log.since(0):
         replica.apply(tx.as_transaction())
     assert content_hash(replica.conn) == content_hash(primary)

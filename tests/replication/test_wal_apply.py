@@ -10,7 +10,7 @@ import struct
 import apsw
 import pytest
 
-from sqld.replication.apply import Replica, bootstrap
+from sqld.replication.local_copy import LocalCopy, bootstrap
 from sqld.replication.wal import FRAME_HEADER, WAL_HEADER, WalError, read_header, transactions
 
 
@@ -65,7 +65,7 @@ def test_replica_equals_primary_after_random_transactions(primary, tmp_path):
     wal = (tmp_path / "primary.db-wal").read_bytes()
     txs = list(transactions(wal))
     assert len(txs) >= 250  # a statement that changed nothing commits no frames
-    replica = Replica(replica_path)
+    replica = LocalCopy(replica_path)
     reader = apsw.Connection(replica_path)  # another connection sees each applied state
     for tx in txs:
         replica.apply(tx)
@@ -83,7 +83,7 @@ def test_resume_from_an_offset(primary, tmp_path):
     first = list(transactions(wal))
     random_transactions(primary, random.Random(2), 20)
     wal = (tmp_path / "primary.db-wal").read_bytes()
-    replica = Replica(replica_path)
+    replica = LocalCopy(replica_path)
     for tx in first:
         replica.apply(tx)
     # the frames after the last applied commit: the same reader over the longer file

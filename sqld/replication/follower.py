@@ -1,6 +1,6 @@
 """The replica's side: keep a local copy of the primary's database up to date.
 
-``ReplicaNode.prepare`` makes sure there is a local copy (a snapshot from the primary when
+``Follower.prepare`` makes sure there is a local copy (a snapshot from the primary when
 there is none, or the position saved by the last run, with its redo record replayed);
 ``run`` then follows the primary for as long as the server runs: it streams committed
 transactions (``START_REPLICATION``) and applies them, several at once when they arrive
@@ -30,7 +30,7 @@ from sqld.errors import SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 from sqld.replication import protocol as p
-from sqld.replication.apply import Position, Replica, StateFile, merge
+from sqld.replication.local_copy import Position, LocalCopy, StateFile, merge
 from sqld.replication.wal import Transaction
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class PrimaryError(Exception):
         self.sqlstate = sqlstate
 
 
-class ReplicaNode:
+class Follower:
     def __init__(self, primary_host: str, primary_port: int, db_file: Path, *, database: str = "main",
                  user: str = "sqld-replica", password: str | None = None, sslmode: str = "prefer",
                  sslrootcert: str | None = None, poll_interval: float = 0.5, durable: bool = False) -> None:
@@ -58,7 +58,7 @@ class ReplicaNode:
         self.user = user
         self.poll_interval = poll_interval
         self.durable = durable
-        self.replica: Replica | None = None
+        self.local_copy: LocalCopy | None = None
         self.applied = 0          # the last frame applied here
         self.primary_frame = 0    # the primary's last frame, as last heard
         self.lag = 0.0            # seconds from the primary's commit to its apply here (last batch)
@@ -72,7 +72,7 @@ class ReplicaNode:
 
     @property
     def generation(self) -> bytes | None:
-        pos = self.replica.position if self.replica else None
+        pos = self.local_copy.position if self.local_copy else None
         return pos.generation if pos else None
 
     # -- waiting for frames -------------------------------------------------------------------
@@ -109,16 +109,16 @@ class ReplicaNode:
                                 f"{self.state_file.name} beside it): move it away, or give the replica "
                                 "another --db-path")
             try:
-                replica = await anyio.to_thread.run_sync(self._open)
+                local_copy = await anyio.to_thread.run_sync(self._open)
             except (apsw.Error, ValueError) as exc:
                 raise SqldError(f"cannot use the replica's copy {self.db_file}: {exc}") from None
-            if replica.position is not None:
-                self.replica = replica
-                self.applied = replica.position.frame
+            if local_copy.position is not None:
+                self.local_copy = local_copy
+                self.applied = local_copy.position.frame
                 log.info("replica %s at frame %d (generation %s)", self.db_file, self.applied,
-                         replica.position.generation.hex()[:8])
+                         local_copy.position.generation.hex()[:8])
                 return
-            replica.close()
+            local_copy.close()
             log.warning("replica: %s has no valid position: bootstrapping again", self.state_file)
             self.db_file.unlink(missing_ok=True)
             StateFile(self.state_file, self.durable).reset()
@@ -133,8 +133,8 @@ class ReplicaNode:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _open(self) -> Replica:
-        return Replica(str(self.db_file), str(self.state_file), durable=self.durable)
+    def _open(self) -> LocalCopy:
+        return LocalCopy(str(self.db_file), str(self.state_file), durable=self.durable)
 
     # -- following ----------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class ReplicaNode:
                 else:
                     log.warning("replica: primary %s:%d: %s", self.host, self.port, exc)
             except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError) as exc:
-                if self.replica is not None and self.replica.damaged:
+                if self.local_copy is not None and self.local_copy.damaged:
                     log.critical("replica: the copy %s could not be written (%s): not following the primary any "
                                  "more; reads wait and fail rather than see half a transaction. Fix the disk, "
                                  "then restart the replica (it redoes the last transaction).", self.db_file, exc)
@@ -278,17 +278,17 @@ class ReplicaNode:
             tmp.unlink(missing_ok=True)
             raise PrimaryError(f"the snapshot was cut short ({tmp.stat().st_size} of {size} bytes)")
         position = Position(generation, frame)
-        if self.replica is None:
+        if self.local_copy is None:
             # The position first, then the file: a crash between leaves a position without
             # a copy, which the next start bootstraps again (never a copy without a position).
             state = StateFile(self.state_file, self.durable)
             state.reset()
             state.save(position, Transaction((), 0, 0))
             os.replace(tmp, self.db_file)
-            self.replica = await anyio.to_thread.run_sync(self._open)
+            self.local_copy = await anyio.to_thread.run_sync(self._open)
             self.applied = frame
         else:
-            changed = await anyio.to_thread.run_sync(self.replica.replace_with, str(tmp), position)
+            changed = await anyio.to_thread.run_sync(self.local_copy.replace_with, str(tmp), position)
             tmp.unlink(missing_ok=True)
             self._advanced(frame, changed, replaced=True)
         self._bootstrap_needed = False
@@ -350,12 +350,12 @@ class ReplicaNode:
                 raise PrimaryError("the primary ended the replication stream")
 
     def replica_page_size(self) -> int:
-        return Replica._page_size(self.replica.fd)
+        return LocalCopy._page_size(self.local_copy.fd)
 
     async def _apply(self, batch: list[Transaction], frames: list[tuple[int, float]]) -> None:
         frame = frames[-1][0]
         tx = batch[0] if len(batch) == 1 else merge(batch)
-        changed = await anyio.to_thread.run_sync(self.replica.apply, tx, Position(self.generation, frame))
+        changed = await anyio.to_thread.run_sync(self.local_copy.apply, tx, Position(self.generation, frame))
         now = time.time()
         for _, commit_time in frames:
             if commit_time:
@@ -369,9 +369,9 @@ class ReplicaNode:
                 "connected": self.connected}
 
     def close(self) -> None:
-        if self.replica is not None:
-            self.replica.close()
-            self.replica = None
+        if self.local_copy is not None:
+            self.local_copy.close()
+            self.local_copy = None
 
 
 class _Buffered:

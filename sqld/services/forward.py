@@ -61,7 +61,7 @@ def replica_settings(settings: dict, wait_timeout: float) -> None:
     settings["in_hot_standby"] = "on"
 
 
-class ReplicaService:
+class ForwardingService:
     def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, limiter,
                  account=None) -> None:
         self.node = node
@@ -510,5 +510,5 @@ class ReplicaSessions:
                                   hint=f'This replica serves its primary\'s database "{self.database}".')
         replica_settings(state.settings, self.wait_timeout)
         local = await self.scheduler(state)
-        return ReplicaService(self.node, local, state, primary=self.primary, database=self.database,
+        return ForwardingService(self.node, local, state, primary=self.primary, database=self.database,
                               limiter=self.limiter, account=self.account)

@@ -69,8 +69,9 @@ def merge(txs: Iterable[Transaction]) -> Transaction:
     return Transaction(tuple(Page(n, d) for n, d in sorted(pages.items()) if n <= size), size, end)
 
 
-class Replica:
-    """A replica file and the connection that holds its lock while a transaction is applied.
+class LocalCopy:
+    """The replica's local copy of the database: the file, and the connection that holds
+    its lock while a transaction is applied.
 
     ``state_path`` (optional) is the redo record / position file; ``position`` is None for
     a replica that has none (it must bootstrap).

@@ -8,7 +8,7 @@ import random
 
 import apsw
 
-from sqld.replication.apply import Position, Replica, bootstrap, merge
+from sqld.replication.local_copy import Position, LocalCopy, bootstrap, merge
 from sqld.replication.wal import transactions
 from tests.replication.test_wal_apply import content_hash, primary, random_transactions  # noqa: F401
 
@@ -21,7 +21,7 @@ def test_crash_mid_apply_is_redone_on_reopen(primary, tmp_path):  # noqa: F811
     bootstrap(primary, replica_path)
     random_transactions(primary, random.Random(4), 40)
     txs = list(transactions((tmp_path / "primary.db-wal").read_bytes()))
-    replica = Replica(replica_path, state)
+    replica = LocalCopy(replica_path, state)
     assert replica.position is None
     for n, tx in enumerate(txs[:-1], 1):
         replica.apply(tx, Position(GEN, n))
@@ -35,7 +35,7 @@ def test_crash_mid_apply_is_redone_on_reopen(primary, tmp_path):  # noqa: F811
         os.pwrite(fd, b"\xee" * len(page.data), (page.number - 1) * len(page.data))  # torn garbage
     os.close(fd)
     replica.close()
-    reopened = Replica(replica_path, state)
+    reopened = LocalCopy(replica_path, state)
     assert reopened.position == Position(GEN, len(txs))
     assert content_hash(reopened.conn) == content_hash(primary)
     assert reopened.conn.execute("pragma integrity_check").fetchall() == [("ok",)]
@@ -49,7 +49,7 @@ def test_a_merged_batch_equals_applying_one_by_one(primary, tmp_path):  # noqa: 
     bootstrap(primary, batch)
     random_transactions(primary, random.Random(8), 60)
     txs = list(transactions((tmp_path / "primary.db-wal").read_bytes()))
-    r1, r2 = Replica(one), Replica(batch)
+    r1, r2 = LocalCopy(one), LocalCopy(batch)
     reader = apsw.Connection(batch)  # a reader that was open throughout sees the new state
     assert reader.execute("select count(*) from t").fetchone() == (0,)
     for tx in txs:
@@ -68,7 +68,7 @@ def test_an_unreadable_state_file_means_no_position(tmp_path):
     conn.execute("create table x(a)")
     conn.close()
     (tmp_path / "r.db-replica").write_bytes(b"SQLDREP1" + os.urandom(60))
-    replica = Replica(str(path), str(tmp_path / "r.db-replica"))
+    replica = LocalCopy(str(path), str(tmp_path / "r.db-replica"))
     assert replica.position is None
     replica.close()
 
@@ -76,13 +76,13 @@ def test_an_unreadable_state_file_means_no_position(tmp_path):
 def test_a_failed_write_keeps_readers_out_instead_of_showing_half_a_transaction(primary, tmp_path, monkeypatch):  # noqa: F811
     import pytest
 
-    from sqld.replication import apply as apply_mod
+    from sqld.replication import local_copy as apply_mod
 
     replica_path = str(tmp_path / "replica.db")
     bootstrap(primary, replica_path)
     random_transactions(primary, random.Random(6), 5)
     txs = list(transactions((tmp_path / "primary.db-wal").read_bytes()))
-    replica = Replica(replica_path, str(tmp_path / "replica.db-replica"))
+    replica = LocalCopy(replica_path, str(tmp_path / "replica.db-replica"))
     real_pwrite = os.pwrite
     calls = {"n": 0}
 
@@ -102,14 +102,14 @@ def test_a_failed_write_keeps_readers_out_instead_of_showing_half_a_transaction(
     reader.close()
     monkeypatch.setattr(apply_mod.os, "pwrite", real_pwrite)
     replica.close()
-    again = Replica(replica_path, str(tmp_path / "replica.db-replica"))  # a restart redoes the record
+    again = LocalCopy(replica_path, str(tmp_path / "replica.db-replica"))  # a restart redoes the record
     assert again.position == Position(GEN, 1)
     assert content_hash(again.conn) == content_hash(primary)
     again.close()
 
 
 def test_a_torn_state_record_falls_back_to_the_other_slot(tmp_path):
-    from sqld.replication.apply import StateFile
+    from sqld.replication.local_copy import StateFile
     from sqld.replication.wal import Page, Transaction
 
     state = StateFile(tmp_path / "s", durable=True)
