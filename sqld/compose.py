@@ -196,7 +196,7 @@ async def serve_replica(config: Config) -> None:
 
         node.on_apply = on_apply
         sessions = ReplicaSessions(node, scheduler, primary=(host, port), database=config.primary_database,
-                                   wait_timeout=config.replica_wait_timeout, max_connections=config.max_connections,
+                                   wait_timeout=config.replica_wait_timeout,
                                    account=account)
         factory = _connections(config, sessions)
         server = await _listen(config, f"replica {node.db_file} of {host}:{port}")

@@ -5,28 +5,34 @@ from __future__ import annotations
 import socket
 
 from sqld.pgwire import messages as m
-from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.pgwire.client import ClientConnection, ServerError
+from sqld.pgwire.codec import NEED_DATA
 
 
 class RawClient:
+    """Starts up through the protocol core (``sqld.pgwire.client``), then sends and reads
+    single messages as the test says."""
+
     def __init__(self, host: str, port: int, user: str = "tester", database: str = "main", timeout: float = 10,
                  params: dict | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.decoder = Decoder(m.BACKEND)
-        self.params: dict[str, str] = {}
-        self.key: m.BackendKeyData | None = None
-        self.send(m.StartupMessage({"user": user, "database": database, **(params or {})}))
-        while True:
-            msg = self.recv()
-            if isinstance(msg, m.ParameterStatus):
-                self.params[msg.name] = msg.value
-            elif isinstance(msg, m.BackendKeyData):
-                self.key = msg
-            elif isinstance(msg, m.ErrorResponse):
-                self.sock.close()
-                raise RuntimeError(msg)
-            elif isinstance(msg, m.ReadyForQuery):
-                break
+        self.core = ClientConnection(user, database, params=params, extension=False, application_name=None)
+        self.decoder = self.core.decoder
+        self.sock.sendall(self.core.data_to_send())
+        try:
+            while not self.core.handshake():
+                self._feed()
+        except ServerError as exc:
+            self.sock.close()
+            raise RuntimeError(exc.response) from None
+        self.params = self.core.params
+        self.key = self.core.key
+
+    def _feed(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("server closed the connection")
+        self.decoder.feed(data)
 
     def send(self, *messages) -> None:
         self.sock.sendall(b"".join(msg.encode() for msg in messages))
@@ -36,10 +42,7 @@ class RawClient:
             msg = self.decoder.next_message()
             if msg is not NEED_DATA:
                 return msg
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("server closed the connection")
-            self.decoder.feed(data)
+            self._feed()
 
     def until_ready(self) -> list:
         out = []

@@ -23,12 +23,10 @@ import anyio.abc
 import anyio.to_thread
 import apsw
 
-from anyio.streams.tls import TLSStream
-
-from sqld.client.auth import AuthError, ClientAuth, tls_context
+from sqld.client.wire_async import AsyncWire, ServerError, WireError
 from sqld.errors import SqldError
 from sqld.pgwire import messages as m
-from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.pgwire.codec import NEED_DATA
 from sqld.replication import protocol as p
 from sqld.replication.local_copy import Position, LocalCopy, StateFile, merge
 from sqld.replication.wal import Transaction
@@ -125,10 +123,10 @@ class Follower:
         delay = self.poll_interval
         while True:
             try:
-                async with await self._connect() as stream:
-                    await self._bootstrap(stream, Decoder(m.BACKEND))
+                async with await self._connect() as primary:
+                    await self._bootstrap(primary)
                 return
-            except (OSError, PrimaryError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            except (OSError, PrimaryError, WireError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
                 log.warning("replica: cannot bootstrap from primary %s:%d yet: %s", self.host, self.port, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -161,11 +159,10 @@ class Follower:
         delay = self.poll_interval
         while True:
             try:
-                async with await self._connect() as stream:
-                    decoder = Decoder(m.BACKEND)
+                async with await self._connect() as primary:
                     self.heard_at = time.monotonic()
                     delay = self.poll_interval
-                    await self._follow(stream, decoder)
+                    await self._follow(primary)
             except PrimaryError as exc:
                 if exc.sqlstate == p.NEEDS_BOOTSTRAP:
                     log.warning("replica: %s: bootstrapping again", exc)
@@ -173,7 +170,7 @@ class Follower:
                     delay = 0
                 else:
                     log.warning("replica: primary %s:%d: %s", self.host, self.port, exc)
-            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError) as exc:
+            except (OSError, WireError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError) as exc:
                 if self.local_copy is not None and self.local_copy.damaged:
                     log.critical("replica: the copy %s could not be written (%s): not following the primary any "
                                  "more; reads wait and fail rather than see half a transaction. Fix the disk, "
@@ -189,76 +186,41 @@ class Follower:
             await anyio.sleep(delay)
             delay = min(max(delay * 2, self.poll_interval), 5.0)
 
-    async def _connect(self) -> anyio.abc.SocketStream:
-        with anyio.fail_after(5):
-            stream = await anyio.connect_tcp(self.host, self.port)
-            stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(6, 1, 1)  # TCP_NODELAY
-            context = tls_context(self.sslmode, self.sslrootcert)
-            if context is not None:
-                await stream.send(m.SSLRequest().encode())
-                answer = await stream.receive(1)
-                if answer == b"S":
-                    stream = await TLSStream.wrap(stream, hostname=self.host, ssl_context=context,
-                                                  standard_compatible=False)
-                elif self.sslmode in ("require", "verify-full"):
-                    await stream.aclose()
-                    raise PrimaryError(f"the primary does not offer TLS (--primary-sslmode {self.sslmode})")
-        params = {"user": self.user, "database": self.database, p.STARTUP_PARAM: p.STARTUP_VALUE,
-                  "application_name": "sqld-replica"}
-        await stream.send(m.StartupMessage(params).encode())
-        decoder = Decoder(m.BACKEND)
-        auth = ClientAuth(self.user, self.password, tls=isinstance(stream, TLSStream))
-        while True:
-            msg = await self._next(stream, decoder)
-            if isinstance(msg, m.ErrorResponse):
-                raise PrimaryError(msg.message, msg.sqlstate)
-            if isinstance(msg, m.Authentication):
-                try:
-                    reply = auth.answer(msg)
-                except AuthError as exc:
-                    raise PrimaryError(str(exc)) from None
-                if reply is not None:
-                    await stream.send(reply)
-            if isinstance(msg, m.ReadyForQuery):
-                return _Buffered(stream, decoder)
+    async def _connect(self) -> AsyncWire:
+        params = {p.STARTUP_PARAM: p.STARTUP_VALUE, "application_name": "sqld-replica"}
+        try:
+            return await AsyncWire.connect(self.host, self.port, user=self.user, database=self.database,
+                                           password=self.password, sslmode=self.sslmode,
+                                           sslrootcert=self.sslrootcert, params=params, extension=False)
+        except ServerError as exc:
+            raise PrimaryError(exc.response.message, exc.response.sqlstate) from None
 
     @staticmethod
-    async def _next(stream, decoder: Decoder, timeout: float = 60.0):
+    async def _next(primary: AsyncWire, timeout: float = 60.0):
         """The next message; a FATAL error (the primary closes after it) raises at once, and
         a primary silent for ``timeout`` seconds is taken for gone."""
-        while True:
-            msg = decoder.next_message()
-            if msg is not NEED_DATA:
-                if isinstance(msg, m.ErrorResponse) and msg.severity == "FATAL":
-                    raise PrimaryError(msg.message, msg.sqlstate)
-                return msg
-            with anyio.fail_after(timeout):
-                decoder.feed(await stream.receive(1 << 20))
+        msg = await primary.next_message(timeout)
+        if isinstance(msg, m.ErrorResponse) and msg.severity == "FATAL":
+            raise PrimaryError(msg.message, msg.sqlstate)
+        return msg
 
-    async def _query(self, stream, decoder, sql: str) -> list[tuple[bytes | None, ...]]:
+    async def _query(self, primary: AsyncWire, sql: str) -> list[tuple[bytes | None, ...]]:
         """A replication command that answers rows (IDENTIFY_SYSTEM)."""
-        await stream.send(m.Query(sql).encode())
-        rows = []
-        error = None
-        while True:
-            msg = await self._next(stream, decoder)
-            if isinstance(msg, m.DataRow):
-                rows.append(msg.values)
-            elif isinstance(msg, m.ErrorResponse):
-                error = PrimaryError(msg.message, msg.sqlstate)
-            elif isinstance(msg, m.ReadyForQuery):
-                if error:
-                    raise error
-                return rows
+        try:
+            with anyio.fail_after(60):
+                results = await primary.query(sql)
+        except ServerError as exc:
+            raise PrimaryError(exc.response.message, exc.response.sqlstate) from None
+        return [row for result in results for row in result.rows]
 
-    async def _bootstrap(self, stream, decoder) -> None:
+    async def _bootstrap(self, primary: AsyncWire) -> None:
         tmp = Path(str(self.state_file) + ".snapshot")
-        await stream.send(m.Query("BASE_BACKUP").encode())
+        await primary.send_query("BASE_BACKUP")
         info = None
         error = None
         with open(tmp, "wb") as f:
             while True:
-                msg = await self._next(stream, decoder)
+                msg = await self._next(primary)
                 if isinstance(msg, m.CopyData):
                     await anyio.to_thread.run_sync(f.write, msg.data)
                 elif isinstance(msg, m.DataRow):
@@ -295,8 +257,8 @@ class Follower:
         log.info("replica: bootstrapped from a snapshot at frame %d (%d bytes, generation %s)", frame, size,
                  generation.hex()[:8])
 
-    async def _follow(self, stream, decoder) -> None:
-        rows = await self._query(stream, decoder, "IDENTIFY_SYSTEM")
+    async def _follow(self, primary: AsyncWire) -> None:
+        rows = await self._query(primary, "IDENTIFY_SYSTEM")
         generation = bytes.fromhex(rows[0][0].decode())
         self.primary_generation = generation
         self.primary_frame = int(rows[0][1])
@@ -304,8 +266,8 @@ class Follower:
             if generation != self.generation:
                 log.warning("replica: the primary has another history (generation %s, ours %s): bootstrapping",
                             generation.hex()[:8], (self.generation or b"").hex()[:8])
-            await self._bootstrap(stream, decoder)
-        await stream.send(m.Query(f"START_REPLICATION {self.generation.hex()} {self.applied}").encode())
+            await self._bootstrap(primary)
+        await primary.send_query(f"START_REPLICATION {self.generation.hex()} {self.applied}")
         self.connected = True
         log.info("replica: following primary %s:%d from frame %d", self.host, self.port, self.applied)
         pages: list = []
@@ -313,14 +275,13 @@ class Follower:
         last: list[tuple[int, float]] = []  # (frame, commit time) of each transaction in the batch
         page_size = self.replica_page_size()
         while True:
-            msg = decoder.next_message()
+            msg = primary.next_buffered()
             if msg is NEED_DATA:
                 if batch:
                     await self._apply(batch, last)
                     batch, last = [], []
                 # The primary sends a keepalive every second: silence means it is gone.
-                with anyio.fail_after(max(5.0, 4 * self.poll_interval)):
-                    decoder.feed(await stream.receive(1 << 20))
+                await primary.receive(max(5.0, 4 * self.poll_interval))
                 continue
             self.heard_at = time.monotonic()
             if isinstance(msg, m.CopyData):
@@ -372,17 +333,3 @@ class Follower:
         if self.local_copy is not None:
             self.local_copy.close()
             self.local_copy = None
-
-
-class _Buffered:
-    """The connected stream, as an async context manager that closes it."""
-
-    def __init__(self, stream, decoder) -> None:
-        self.stream = stream
-        self.decoder = decoder
-
-    async def __aenter__(self):
-        return self.stream
-
-    async def __aexit__(self, *exc):
-        await self.stream.aclose()

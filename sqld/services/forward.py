@@ -23,14 +23,12 @@ raises ``NeedsWriter`` where a primary's would take the writer). What it does:
 from __future__ import annotations
 
 import logging
-import socket
 
 import anyio
-import anyio.to_thread
 import attrs
 
 from sqld.backends.base import Column, NeedsWriter, StatementInfo
-from sqld.client.wire import ServerError, WireConnection, WireError
+from sqld.client.wire_async import AsyncWire, ServerError, WireError
 from sqld.errors import InFailedTransaction, QueryCanceled, ReadOnlyTransaction, SerializationFailure, SqldError
 from sqld.pgwire import extension as ext
 from sqld.pgwire import types as t
@@ -62,16 +60,14 @@ def replica_settings(settings: dict, wait_timeout: float) -> None:
 
 
 class ForwardingService:
-    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, limiter,
-                 account=None) -> None:
+    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, account=None) -> None:
         self.node = node
         self.account = account or PrimaryAccount()
         self.local = local          # the SchedulerService on the local copy
         self.state = state
         self.primary = primary
         self.database = database
-        self.limiter = limiter
-        self.remote: WireConnection | None = None
+        self.remote: AsyncWire | None = None
         self.remote_tx = False      # a transaction is open on the primary
         self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
         self.remote_implicit = False  # … and it is a pipeline's implicit one, to end at Sync
@@ -124,8 +120,7 @@ class ForwardingService:
             await self.local(request)
             remote, self.remote = self.remote, None
             if remote is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(remote.close, limiter=self.limiter)
+                await remote.aclose()
             return None
         raise TypeError(f"unknown request {request!r}")
 
@@ -197,7 +192,8 @@ class ForwardingService:
 
     async def _describe_remote(self, sql: str) -> DescribeResult:
         remote = await self._remote()
-        oids, fields, decltypes = await self._call(remote.describe, sql)
+        described = await self._call(remote.describe, sql)
+        oids, fields, decltypes = described.param_oids, described.fields, described.decltypes
         columns = ()
         if fields:
             columns = tuple(Column(f.name, decltypes[i] if i < len(decltypes) else None,
@@ -302,10 +298,10 @@ class ForwardingService:
             self.remote_implicit = False  # made explicit, or ended by COMMIT / ROLLBACK
         return cur
 
-    async def _remote(self) -> WireConnection:
+    async def _remote(self) -> AsyncWire:
         self.state.may_write()
         if self.remote is not None and not self.remote.closed:
-            if self.remote_tx or _alive(self.remote):
+            if self.remote_tx or self.remote.alive():
                 return self.remote
             self.remote = None  # the primary went away since (restarted): connect again
         if self.remote_tx:
@@ -322,18 +318,14 @@ class ForwardingService:
                 options[name] = value
             self.sent[name] = value
 
+        options["application_name"] = f"sqld-replica/{state.user}/{state.application_name}"[:63]
         account = self.account
-
-        def connect() -> WireConnection:
+        try:
             # As the replica's own user (it cannot speak for the client's password): the
             # client was authenticated here, and read-only users were stopped above.
-            return WireConnection(host, port, user=account.user, password=account.password, database=self.database,
-                                  timeout=2.0, sslmode=account.sslmode, sslrootcert=account.sslrootcert,
-                                  application_name=f"sqld-replica/{state.user}/{state.application_name}"[:63],
-                                  options=options)
-
-        try:
-            self.remote = await anyio.to_thread.run_sync(connect, limiter=self.limiter)
+            self.remote = await AsyncWire.connect(host, port, user=account.user, password=account.password,
+                                                  database=self.database, timeout=2.0, sslmode=account.sslmode,
+                                                  sslrootcert=account.sslrootcert, params=options)
         except WireError as exc:
             raise PrimaryUnavailable(f"cannot forward the write to the primary: {exc}",
                                      hint="This server is a replica; writes go to its primary, which is unreachable. "
@@ -352,7 +344,7 @@ class ForwardingService:
             return True
         return False
 
-    async def _pass_settings(self, remote: WireConnection) -> None:
+    async def _pass_settings(self, remote: AsyncWire) -> None:
         """The session's timeouts hold on the primary too (set again when they change)."""
         for name in _PASSED:
             value = self.state.settings.get(name, "0")
@@ -361,47 +353,45 @@ class ForwardingService:
                 self.sent[name] = value
 
     async def _call(self, fn, *args):
-        """Run a blocking call on the forwarded connection, passing on a cancel request."""
+        """A request on the forwarded connection; a cancel request for the session goes to
+        the primary (on a connection of its own) while the answer is awaited."""
         remote = self.remote
         state = self.state
         state.new_statement()
         state.executing = True
+        previous = state.on_cancel
         outcome: tuple = (False, None)
         try:
             async with anyio.create_task_group() as tg:
-                async def watch_cancel() -> None:
-                    while not state.cancel_requested:
-                        await anyio.sleep(0.05)
-                    await anyio.to_thread.run_sync(remote.cancel)
-
-                tg.start_soon(watch_cancel)
+                state.on_cancel = lambda: tg.start_soon(remote.cancel)
                 try:
-                    outcome = (True, await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter))
+                    outcome = (True, await fn(*args))
                 except Exception as exc:
                     outcome = (False, exc)
-                finally:
-                    tg.cancel_scope.cancel()
-            ok, value = outcome
-            if not ok:
-                raise value
+                state.on_cancel = previous
+                tg.cancel_scope.cancel()  # a cancel request still on its way is not needed now
+        finally:
+            state.on_cancel = previous
+            state.executing = False
+        ok, value = outcome
+        if ok:
             return value
-        except ServerError as exc:
+        if isinstance(value, ServerError):
             if remote.closed:  # a FATAL error: the primary ended the forwarded session
                 lost_tx = self._lost()
-                r = exc.response
+                r = value.response
                 raise PrimaryUnavailable(
                     f"the primary ended the forwarded session: {r.message} ({r.sqlstate})",
                     detail="The open transaction on the primary was rolled back; ROLLBACK to end it here."
                     if lost_tx else None) from None
-            raise _as_error(exc) from None
-        except WireError as exc:
+            raise _as_error(value) from None
+        if isinstance(value, WireError):
             lost_tx = self._lost()
             raise PrimaryUnavailable(
-                f"lost the connection to the primary: {exc}",
+                f"lost the connection to the primary: {value}",
                 detail="The open transaction on the primary was rolled back; ROLLBACK to end it here."
                 if lost_tx else None) from None
-        finally:
-            state.executing = False
+        raise value
 
     async def _forward(self, req: Execute):
         remote = await self._remote()
@@ -427,21 +417,7 @@ class ForwardingService:
         return StaticCursor(columns, result.rows, result.tag or stmt.verb)
 
 
-def _alive(remote: WireConnection) -> bool:
-    """Whether the idle forwarded connection is still usable (the primary may have restarted
-    since): a peek that does not wait; anything to read means it is not."""
-    try:
-        data = remote.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    # b"": closed by the primary. Bytes: an idle session was sent something it did not ask
-    # for — a FATAL error before the primary closed it (a shutdown): connect afresh too.
-    return False
-
-
-def _reported_frame(remote: WireConnection) -> tuple[int, bytes] | None:
+def _reported_frame(remote: AsyncWire) -> tuple[int, bytes] | None:
     """The primary's last frame and generation, as its ``sqld.frame`` report said last."""
     raw = remote.params.get(ext.FRAME)
     return ext.decode_frame(raw) if raw else None
@@ -492,15 +468,13 @@ class ReplicaSessions:
     serves one database, its primary's ``database`` (also reachable as ``main``)."""
 
     def __init__(self, node, scheduler, *, primary: tuple[str, int], database: str, wait_timeout: float,
-                 max_connections: int, account: PrimaryAccount | None = None) -> None:
+                 account: PrimaryAccount | None = None) -> None:
         self.node = node
         self.account = account
         self.scheduler = scheduler
         self.primary = primary
         self.database = database
         self.wait_timeout = wait_timeout
-        # Forwarded calls block a worker thread each: one per session at most.
-        self.limiter = anyio.CapacityLimiter(max_connections)
 
     async def __call__(self, state):
         from sqld.services.databases import UnknownDatabase
@@ -511,4 +485,4 @@ class ReplicaSessions:
         replica_settings(state.settings, self.wait_timeout)
         local = await self.scheduler(state)
         return ForwardingService(self.node, local, state, primary=self.primary, database=self.database,
-                              limiter=self.limiter, account=self.account)
+                                 account=self.account)
