@@ -59,7 +59,7 @@ async def serve(conn, scheduler) -> None:
         msg = await conn.next_message()
         if isinstance(msg, m.Terminate):
             return
-        if not isinstance(msg, m.Query):
+        if not isinstance(msg, m.Query):  # COPY messages pass the phase table for _watch only
             raise ProtocolViolation(f"unexpected message {type(msg).__name__} on a replication connection")
         words = msg.sql.strip().rstrip(";").split()
         command = words[0].upper() if words else ""
@@ -239,7 +239,7 @@ async def _stream(conn, capture, generation_hex: str, frame_text: str) -> None:
                                                sqlstate=p.NEEDS_BOOTSTRAP))
                     await conn.flush()
                     return
-                if conn.out:
+                if conn.protocol.has_output:
                     await conn.flush()
                     sent_at = time.monotonic()
                 # A capture fed by other processes too (mvsqlite's change log) is polled.
@@ -261,9 +261,7 @@ async def _watch(conn, scope) -> None:
     """The replica sends nothing while it streams: any read ending means it is gone."""
     try:
         while True:
-            data = await conn.stream.receive(65536)
-            conn.decoder.feed(data)
-            msg = conn.decoder.next_message()
+            msg = await conn.next_message()
             if isinstance(msg, (m.Terminate, m.CopyDone)):
                 break
     except Exception:

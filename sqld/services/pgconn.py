@@ -25,7 +25,8 @@ from sqld.errors import AdminShutdown, ProtocolViolation, QueryCanceled, SqldErr
 from sqld.pgwire import extension as ext
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
-from sqld.pgwire.codec import NEED_DATA, Decoder
+from sqld.pgwire.codec import NEED_DATA
+from sqld.pgwire.server import Phase, ServerConnection
 from sqld.services import copy
 from sqld.services.base import CLIENT_GONE_GRACE, Abort, Describe, Execute, ExecuteMany, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
@@ -50,16 +51,12 @@ READ_SIZE = 65536      # bytes read from the socket at a time
 PROBE_WAIT = 0.2       # seconds for a reset to come back after a probe of a client that closed its side
 LINGER = 1.0           # seconds a connection ended by a FATAL error reads on before it closes
 
-_BATCH_MESSAGES = (m.Parse, m.Bind, m.Execute, m.Describe, m.Close)
 _PARSE_COMPLETE = m.ParseComplete().encode()
 _BIND_COMPLETE = m.BindComplete().encode()
 _CLOSE_COMPLETE = m.CloseComplete().encode()
 _NO_DATA = m.NoData().encode()
 _PORTAL_SUSPENDED = m.PortalSuspended().encode()
 _EMPTY_QUERY = m.EmptyQueryResponse().encode()
-_RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
-# What ends an extended-query batch, as Decoder.upcoming reports it: Sync, or a simple Query.
-_BATCH_ENDS = (ord("S"), ord("Q"))
 _BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROLLBACK"))
 
 
@@ -197,19 +194,16 @@ class PgConnection:
     def __init__(self, factory: PgConnectionFactory, stream: anyio.abc.ByteStream) -> None:
         self.factory = factory
         self.stream = stream
-        self.decoder = Decoder(m.FRONTEND, factory.max_message_size)
-        self.out: list[bytes] = []
-        self.out_size = 0
+        self.protocol = ServerConnection(factory.max_message_size)  # phases, framing, buffered replies
+        self.decoder = self.protocol.decoder
+        self.write = self.protocol.write
         self.state: SessionState | None = None
         self.service = None
         # Kept between messages, counted against --max-session-memory (with the settings).
         self.memory = SessionMemory(factory.max_session_memory)
         self.statements: dict[str, PreparedStatement] = Held(self.memory, _statement_size)
         self.portals: dict[str, Portal] = Held(self.memory, _portal_size)
-        self.skip_to_sync = False
-        self.mid_batch = False  # extended-protocol messages (or a COPY) since the last Sync / Query end
         self.counted = False
-        self.status = b"I"  # as last told to the client in ReadyForQuery
         self.tls = False
         self.replication = None  # the Scheduler a replication connection streams from
         self.gate_entry = None
@@ -217,10 +211,6 @@ class PgConnection:
         self.copy_watch = None  # the timer of _watch_copy_client while a COPY FROM STDIN runs
 
     # -- output ---------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-        self.out_size += len(data)
 
     def _client_gone(self, broken: bool = True) -> None:
         """The transport saw the client close its side (``broken`` False: a FIN) or the
@@ -255,12 +245,12 @@ class PgConnection:
             state.client_gone = time.monotonic()
 
     async def flush(self) -> None:
-        if self.out:
-            data = b"".join(self.out)
-            self.out.clear()
-            self.out_size = 0
+        protocol = self.protocol
+        if protocol.has_output:
+            busy = protocol.status != b"I" or protocol.busy
+            data = protocol.data_to_send()
             state = self.state
-            if state is None or not (self.status != b"I" or self.mid_batch) or not state.idle_tx_timeout:
+            if state is None or not busy or not state.idle_tx_timeout:
                 await self.stream.send(data)
                 return
             # Inside a transaction, a query or a batch the session may hold the writer or a
@@ -274,18 +264,11 @@ class PgConnection:
                 raise _Gone() from None
 
     async def maybe_flush(self) -> None:
-        if self.out_size >= FLUSH_AT:
+        if self.protocol.out_size >= FLUSH_AT:
             await self.flush()
 
     def write_error(self, err: SqldError) -> None:
-        ext = self.state is not None and self.state.ext
-        self.write(
-            m.ErrorResponse(
-                severity=err.severity, sqlstate=err.sqlstate, message=err.message,
-                detail=err.detail, hint=err.hint,
-                sqlite_code=err.sqlite_code if ext else None,
-            ).encode()
-        )
+        self.protocol.error(err, self.state is not None and self.state.ext)
 
     def _end_if_gone(self, err: SqldError) -> None:
         """A statement cancelled because its client went away ends the session, saying so."""
@@ -301,7 +284,7 @@ class PgConnection:
         """After ReadyForQuery or Flush: write out, unless the client already sent more
         (a pipeline), whose answers then go out together. Like PostgreSQL, nothing is
         flushed between a Sync and the next one."""
-        if not self.decoder.has_message():
+        if not self.protocol.has_message():
             await self.flush()
 
     async def _reserve(self) -> None:
@@ -325,7 +308,7 @@ class PgConnection:
         # Idle inside a transaction — or inside a batch not yet Synced, or a COPY, which hold
         # the writer (or a reader) just the same though the status last told was I.
         idle_limit = self.state.idle_tx_timeout if self.state is not None and (
-            self.status != b"I" or self.mid_batch) else None
+            self.protocol.status != b"I" or self.protocol.busy) else None
         try:
             if idle_limit:
                 # A session idle inside a transaction may hold the writer: every other
@@ -337,12 +320,12 @@ class PgConnection:
                     raise SqldError("terminating connection due to idle-in-transaction timeout",
                                     sqlstate="25P03", severity="FATAL")
             else:
-                if self.out:  # never wait for the client while holding answers back from it
+                if self.protocol.has_output:  # never wait for the client while holding answers back from it
                     await self.flush()
                 data = await self.stream.receive(READ_SIZE)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             raise _Gone() from None
-        self.decoder.feed(data)
+        self.protocol.receive_data(data)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -444,7 +427,7 @@ class PgConnection:
 
     async def startup(self) -> bool:
         while True:
-            msg = self.decoder.next_startup()
+            msg = self.protocol.next_startup()
             if msg is NEED_DATA:
                 await self.receive()
                 continue
@@ -478,6 +461,7 @@ class PgConnection:
         if self.factory.tls_required and not self.tls:
             raise NotAllowed("this server requires TLS (connect with sslmode=require or stronger)",
                              hint="The server was started with --tls-required.")
+        self.protocol.authenticating()
         account = await self.authenticate(user)
         self.factory.gate.leave(self.gate_entry)  # authenticated: past the pre-auth limits
         self.decoder.max_message_size = self.factory.max_message_size
@@ -518,7 +502,8 @@ class PgConnection:
         if state.ext:
             self.write(m.ParameterStatus(ext.EXT_PARAM, "1").encode())  # the extension is on
         self.write(m.BackendKeyData(state.process_id, state.secret_key).encode())
-        self.write(_RFQ[b"I"])
+        self.protocol.ready(b"I")
+        self.protocol.started(replication=self.replication is not None)
         await self.flush()
         return True
 
@@ -567,30 +552,28 @@ class PgConnection:
         return user
 
     async def next_message(self):
-        """The client's next whole message, reading as much as that takes."""
+        """The client's next whole message that the phase table lets through, reading as
+        much as that takes."""
         while True:
-            msg = self.decoder.next_message()
+            msg = self.protocol.next_message()
             if msg is not NEED_DATA:
                 return msg
             await self.receive()
 
     async def _password(self) -> m.PasswordMessage:
         await self.flush()
-        msg = await self.next_message()
-        if isinstance(msg, m.PasswordMessage):
-            return msg
-        raise ProtocolViolation(f"expected a password message, got {type(msg).__name__}")
+        return await self.next_message()  # the phase table lets only a PasswordMessage through
 
     # -- the message loop -------------------------------------------------------------------
 
     async def serve(self) -> None:
-        decoder = self.decoder
+        protocol = self.protocol
         handlers = {
             m.Bind: self.on_bind, m.Execute: self.on_execute, m.Sync: self.on_sync, m.Parse: self.on_parse,
             m.Describe: self.on_describe, m.Query: self.on_query, m.Close: self.on_close, m.Flush: self.on_flush,
         }
         while True:
-            msg = decoder.next_message()
+            msg = protocol.next_message()  # the phase table drops or refuses what it must
             if msg is NEED_DATA:
                 await self.receive()
                 continue
@@ -600,26 +583,14 @@ class PgConnection:
                 self.factory.message_memory.release(self.reserved)
                 self.reserved = 0
             mt = type(msg)
-            if self.skip_to_sync and mt is not m.Sync:
-                if mt is m.Terminate:
-                    await self.flush()
-                    return
-                if mt is m.Flush:
-                    await self.sync_point()
-                continue  # after an extended-query error, discard until Sync (protocol 55.2.3)
+            if mt is m.Terminate:
+                await self.flush()  # the answers to what was pipelined before it
+                return
+            if protocol.phase is Phase.SKIP and mt is m.Flush:
+                await self.sync_point()  # after an error, up to Sync only Flush and Sync count
+                continue
             try:
-                handler = handlers.get(mt)
-                if handler is not None:
-                    if mt in _BATCH_MESSAGES or mt is m.Query:
-                        self.mid_batch = True  # until its Sync, or the Query's ReadyForQuery
-                    await handler(msg)
-                elif mt is m.Terminate:
-                    await self.flush()  # the answers to what was pipelined before it
-                    return
-                elif mt in (m.CopyData, m.CopyDone, m.CopyFail):
-                    pass  # stray COPY messages outside COPY mode are ignored, as PostgreSQL does
-                else:
-                    raise ProtocolViolation(f"unexpected message {mt.__name__} in this state")
+                await handlers[mt](msg)
             except (_Gone, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
                 raise  # the client went away in the middle: the session ends, quietly
             except (SqldError, Exception) as exc:
@@ -638,7 +609,7 @@ class PgConnection:
                         continue
                 self.write_error(err)
                 if mt is not m.Query:
-                    self.skip_to_sync = True
+                    protocol.failed()  # the rest of the batch is skipped up to its Sync
                     await self.service(Abort())
                     # The error goes out now, as PostgreSQL sends it: a client that sent
                     # Flush rather than Sync (asyncpg) is waiting for it.
@@ -648,7 +619,6 @@ class PgConnection:
         await self.sync_point()
 
     async def on_sync(self, msg: m.Sync = m.SYNC) -> None:
-        self.skip_to_sync = False
         await self._ready()
 
     def _complete(self, cur) -> None:
@@ -941,7 +911,7 @@ class PgConnection:
         Sessions on the sqld extension keep sqlite3's semantics: statement by statement."""
         if self.state.ext:
             return False
-        return self.decoder.upcoming(b"SEQ") not in _BATCH_ENDS
+        return self.protocol.batch_continues()
 
     async def _send_rows(self, portal: Portal, limit: int) -> bool:
         """Send up to ``limit`` rows (0: all); True if the portal was suspended."""
@@ -1055,9 +1025,12 @@ class PgConnection:
         state.cancel_requested = False
         loop = asyncio.get_running_loop()
         self.copy_watch = loop.call_later(0.25, self._watch_copy_client, loop, 0)
+        # Waiting for the client's rows holds the writer: the idle-in-transaction limit holds.
+        self.protocol.copy_in()
         try:
             await self._copy_rows_in(spec, extended)
         finally:
+            self.protocol.copy_done()
             self.copy_watch.cancel()
             state.in_copy = False
             state.cancel_requested = False
@@ -1110,7 +1083,6 @@ class PgConnection:
         count = 0
         error: SqldError | None = None
         ended = False
-        self.mid_batch = True  # waiting for the client's rows holds the writer: idle-in-transaction limit
         # The statement timeout covers the whole COPY, not each row's insert.
         limit = self.state.statement_timeout
         deadline = time.monotonic() + limit if limit else None
@@ -1165,7 +1137,7 @@ class PgConnection:
         # together: before waiting for more, at COPY_BATCH rows, and at CopyDone.
         pending: list = []
         while True:
-            msg = self.decoder.next_message()
+            msg = self.protocol.next_message()  # CopyData, CopyDone, CopyFail (Flush, Sync dropped)
             if msg is NEED_DATA:
                 if pending:
                     try:
@@ -1207,12 +1179,9 @@ class PgConnection:
                         rows += reader.finish()
                         await insert_rows(rows)
                     break
-                if mt is m.CopyFail:
-                    error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
-                    break
-                if mt in (m.Flush, m.Sync):
-                    continue  # PostgreSQL ignores these during COPY IN
-                raise ProtocolViolation(f"unexpected message {mt.__name__} during COPY from stdin")
+                # CopyFail
+                error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
+                break
             except SqldError as exc:
                 if exc.severity == "FATAL":
                     raise
@@ -1284,7 +1253,6 @@ class PgConnection:
 
     async def _ready(self) -> None:
         """End a simple query or a batch: close portals of a finished transaction, ReadyForQuery."""
-        self.mid_batch = False
         try:
             status = await self.service(Sync())
         except SqldError as err:
@@ -1297,8 +1265,7 @@ class PgConnection:
         if status == b"I" and self.portals:
             await self._close_portals()
         self._after_statement()
-        self.write(_RFQ[status])
-        self.status = status
+        self.protocol.ready(status)
         await self.sync_point()
 
     async def _simple(self, stmt: Statement) -> None:
