@@ -27,6 +27,7 @@ class Service(Protocol[Req, Resp]):
 
 Layer = Callable[[Service], Service]
 
+BATCH_ROWS = 256  # rows fetched per trip to SQLite while a result streams (COPY TO too)
 # A statement of a client that closed its connection is cancelled once the client has been
 # gone this long (seconds): what it still runs, nobody will read.
 CLIENT_GONE_GRACE = 1.0

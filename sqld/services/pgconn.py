@@ -1,8 +1,12 @@
 """PgConnectionFactory: drives the PostgreSQL protocol for one socket.
 
-The loop is: read bytes, decode whole messages, turn each into a request to the session
-service, encode what it answers. Output is buffered and written when the loop is about to
-wait for the client (or the buffer is large), so a pipelined batch costs one write.
+The protocol's state — framing, the phase table, buffered replies — is
+``sqld.pgwire.server.ServerConnection``'s; this is the I/O around it and what each message
+asks of the session's service stack: startup and authentication, the extended protocol,
+simple queries and their implicit transactions, the error policy, timeouts and a client
+that goes away. COPY is ``services/copy.py``'s, result types ``services/results.py``'s.
+Output is written when the loop is about to wait for the client (or the buffer is large),
+so a pipelined batch costs one write.
 """
 
 from __future__ import annotations
@@ -12,13 +16,10 @@ import logging
 import os
 import secrets
 import time
-from typing import Any
 
 import anyio
 import anyio.abc
-import attrs
 
-from sqld.backends.base import Column
 from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
 from sqld.preauth import PREAUTH_MAX_MESSAGE, StartupGate
 from sqld.errors import AdminShutdown, ProtocolViolation, QueryCanceled, SqldError, TooManyConnections
@@ -27,8 +28,8 @@ from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA
 from sqld.pgwire.server import Phase, ServerConnection
-from sqld.services import copy
-from sqld.services.base import CLIENT_GONE_GRACE, Abort, Describe, Execute, ExecuteMany, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
+from sqld.services import copy, results
+from sqld.services.base import BATCH_ROWS, Abort, Describe, Execute, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 from sqld.transport import ProtocolStream, SendTimeout
@@ -44,9 +45,7 @@ def _tag_count(tag: str) -> int:
 
 FAILED_AUTH_DELAY = 1.0  # seconds before a wrong password is answered
 FLUSH_AT = 64 * 1024   # write out once this much output is buffered
-BATCH_ROWS = 256       # rows fetched per trip to SQLite while streaming
 MESSAGE_ROOM_WAIT = 30.0  # seconds a large message may wait for room in --max-message-memory-mb
-COPY_BATCH = 2000      # COPY FROM STDIN rows inserted per trip to SQLite (at most)
 READ_SIZE = 65536      # bytes read from the socket at a time
 PROBE_WAIT = 0.2       # seconds for a reset to come back after a probe of a client that closed its side
 LINGER = 1.0           # seconds a connection ended by a FATAL error reads on before it closes
@@ -62,63 +61,6 @@ _BEGIN, _COMMIT, _ROLLBACK = (parse_one(sql) for sql in ("BEGIN", "COMMIT", "ROL
 
 def _is_savepoint_command(stmt: Statement) -> bool:
     return stmt.verb in ("SAVEPOINT", "RELEASE") or (stmt.verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words)
-
-
-@attrs.define(eq=False)
-class PreparedStatement:
-    statement: Statement
-    param_types: tuple[int, ...]
-    columns: tuple[Column, ...] | None = None  # from Describe at Parse; None: no rows
-    row_oids: tuple[int, ...] | None = None    # fixed once the client saw a RowDescription
-    encoders: dict = attrs.Factory(dict)       # result formats → encoders (with row_oids)
-    descriptions: dict = attrs.Factory(dict)   # result formats → encoded RowDescription
-    described: Any = None                      # the Describe answer the above came from
-    schema: int = 0                            # the schema clock when it was described
-
-    def refresh(self, described) -> None:
-        """The schema changed since Parse: take the statement's columns anew, as SQLite
-        re-prepares a statement whose schema changed (PostgreSQL would refuse it)."""
-        self.described = described
-        self.columns = described.info.columns or None
-        self.row_oids = None
-        self.encoders.clear()
-        self.descriptions.clear()
-
-
-def _value_oids(oids: list, rows) -> tuple:
-    """Result column types: the declared one (``oids``, None where there is none), else the
-    type of the column's first non-NULL value in ``rows``, else text."""
-    if None in oids:
-        oids = list(oids)
-        for i, oid in enumerate(oids):
-            if oid is None:
-                found = None
-                for row in rows:
-                    if row[i] is not None:
-                        found = t.oid_for_value(row[i])
-                        break
-                oids[i] = found or t.TEXT
-    return tuple(oids)
-
-
-def _statement_size(ps: PreparedStatement) -> int:
-    return len(ps.statement.sql)
-
-
-def _portal_size(portal: Portal) -> int:
-    return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in portal.params)
-
-
-@attrs.define(eq=False)
-class Portal:
-    prepared: PreparedStatement
-    params: tuple[Any, ...]
-    result_formats: tuple[int, ...]
-    cursor: Any = None
-    oids: tuple[int, ...] | None = None
-    encoders: list | None = None
-    pending: list = attrs.Factory(list)  # fetched rows not yet sent
-    complete: bool = False
 
 
 class Registry:
@@ -201,14 +143,13 @@ class PgConnection:
         self.service = None
         # Kept between messages, counted against --max-session-memory (with the settings).
         self.memory = SessionMemory(factory.max_session_memory)
-        self.statements: dict[str, PreparedStatement] = Held(self.memory, _statement_size)
-        self.portals: dict[str, Portal] = Held(self.memory, _portal_size)
+        self.statements: dict[str, results.PreparedStatement] = Held(self.memory, results.statement_size)
+        self.portals: dict[str, results.Portal] = Held(self.memory, results.portal_size)
         self.counted = False
         self.tls = False
         self.replication = None  # the Scheduler a replication connection streams from
         self.gate_entry = None
         self.reserved = 0  # bytes of MessageMemory held for the large message being received
-        self.copy_watch = None  # the timer of _watch_copy_client while a COPY FROM STDIN runs
 
     # -- output ---------------------------------------------------------------------------
 
@@ -669,7 +610,7 @@ class PgConnection:
             raise SqldError(f'prepared statement "{msg.name}" already exists', sqlstate="42P05")
         if stmt.is_empty or stmt.verb == "COPY":
             # COPY returns no rows (NoData); it streams at Execute, as in PostgreSQL.
-            ps = PreparedStatement(stmt, tuple(msg.param_types), None)
+            ps = results.PreparedStatement(stmt, tuple(msg.param_types), None)
         else:
             clock = self.state.schema.value  # before describing: a change meanwhile is seen at Bind
             desc = await self.service(Describe(stmt))
@@ -685,7 +626,7 @@ class PgConnection:
                     elif i < len(desc.param_decltypes):
                         oid = t.oid_for_decltype(desc.param_decltypes[i]) or 0
                 types.append(oid or t.TEXT)
-            ps = PreparedStatement(stmt, tuple(types), desc.info.columns or None, described=desc,
+            ps = results.PreparedStatement(stmt, tuple(types), desc.info.columns or None, described=desc,
                                    schema=clock)
         self.statements[msg.name] = ps
         self.write(_PARSE_COMPLETE)
@@ -727,7 +668,7 @@ class PgConnection:
             if msg.portal:
                 raise SqldError(f'portal "{msg.portal}" already exists', sqlstate="42P03")
             await old.cursor.close()  # binding the unnamed portal again replaces it
-        self.portals[msg.portal] = Portal(ps, values, msg.result_formats)
+        self.portals[msg.portal] = results.Portal(ps, values, msg.result_formats)
         self.write(_BIND_COMPLETE)
 
     async def on_describe(self, msg: m.Describe) -> None:
@@ -740,8 +681,8 @@ class PgConnection:
                 self.write(_NO_DATA)
                 return
             if ps.row_oids is None:
-                ps.row_oids = await self._statement_oids(ps)
-            self.write(self._row_description(ps.columns, ps.row_oids, ()))
+                ps.row_oids = await results.statement_oids(ps, lambda: self.service(Peek(ps.statement)))
+            self.write(results.row_description(ps.columns, ps.row_oids, (), self.state.ext))
             return
         portal = self.portals.get(msg.name)
         if portal is None:
@@ -749,114 +690,24 @@ class PgConnection:
         if portal.prepared.columns is None and portal.cursor is None:
             self.write(_NO_DATA)
             return
-        await self._ensure_types(portal)
+        await results.ensure_types(portal, self.state.ext, self._start)
         ps = portal.prepared
         if ps.row_oids is not None and portal.oids is ps.row_oids:
             desc = ps.descriptions.get(portal.result_formats)
             if desc is None:
-                desc = ps.descriptions[portal.result_formats] = self._row_description(
-                    ps.columns, ps.row_oids, portal.result_formats)
+                desc = ps.descriptions[portal.result_formats] = results.row_description(
+                    ps.columns, ps.row_oids, portal.result_formats, self.state.ext)
             self.write(desc)
             return
         cols = portal.cursor.columns if portal.cursor is not None else ps.columns
         if cols is None:
             self.write(_NO_DATA)
         else:
-            self.write(self._row_description(cols, portal.oids, portal.result_formats))
+            self.write(results.row_description(cols, portal.oids, portal.result_formats, self.state.ext))
 
-    async def _statement_oids(self, ps: PreparedStatement) -> tuple[int, ...]:
-        cols = ps.columns
-        oids = [c.oid or t.oid_for_decltype(c.decltype) for c in cols]
-        if None in oids:
-            row = await self.service(Peek(ps.statement))
-            for i, oid in enumerate(oids):
-                if oid is None:
-                    oids[i] = (t.oid_for_value(row[i]) if row is not None and i < len(row) else None) or t.TEXT
-        return tuple(oids)
-
-    async def _ensure_types(self, portal: Portal) -> None:
-        """Fix the portal's column types and encoders; run it first if its values decide."""
-        if portal.oids is not None:
-            return
-        ps = portal.prepared
-        if ps.row_oids is None and ps.columns:
-            oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in ps.columns]
-            if None not in oids_l:
-                ps.row_oids = tuple(oids_l)  # declared types: the same for every execution
-        if ps.row_oids is not None:
-            oids = ps.row_oids
-            cached = ps.encoders.get(portal.result_formats)
-            if cached is None:
-                cached = ps.encoders[portal.result_formats] = self._encoders(oids, portal.result_formats)
-            portal.oids = oids
-            portal.encoders = cached
-            return
-        else:
-            cols = ps.columns
-            oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols] if cols else []
-            if portal.cursor is None and (cols is None or None in oids_l):
-                await self._start(portal)
-            cur = portal.cursor
-            if cur is not None:
-                cols = cur.columns
-                if cols is None:
-                    portal.oids = ()
-                    return
-                oids_l = [c.oid or t.oid_for_decltype(c.decltype) for c in cols]
-            oids = _value_oids(oids_l, portal.pending)
-        portal.oids = oids
-        portal.encoders = self._encoders(oids, portal.result_formats)
-
-    def _encoders(self, oids, formats) -> list:
-        n = len(oids)
-        for f in formats:
-            if not 0 <= f <= 2:  # 2: sqld's typed format, for clients that negotiated it
-                raise SqldError(f"unsupported format code: {f}", sqlstate="22023")
-        if t.TYPED_FORMAT in formats and not self.state.ext:
-            raise ProtocolViolation("result format 2 is sqld's extension, which this session did not ask for",
-                                    severity="ERROR")
-        if len(formats) not in (0, 1, n):
-            raise ProtocolViolation(f"bind message has {len(formats)} result formats but query has {n} columns",
-                                    severity="ERROR")
-        return [t.encoder(oid, formats[i] if len(formats) > 1 else (formats[0] if formats else 0))
-                for i, oid in enumerate(oids)]
-
-    def _row_description(self, cols, oids, formats) -> bytes:
-        desc = self._fields(cols, oids, formats)
-        if self.state.ext:
-            # The extension tells the columns' declared types first (sqlite3's PARSE_DECLTYPES).
-            decltypes = ext.encode_decltypes(c.decltype for c in cols)
-            return m.ParameterStatus(ext.DECLTYPES, decltypes).encode() + desc
-        return desc
-
-    def _fields(self, cols, oids, formats) -> bytes:
-        fields = []
-        for i, (col, oid) in enumerate(zip(cols, oids)):
-            fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
-            fields.append(m.Field(col.name, oid, t.TYPE_SIZES.get(oid, -1), fmt))
-        return m.RowDescription(tuple(fields)).encode()
-
-    def _row_check(self, portal: Portal):
-        """Execute.check: would every row a write returns go out as its column's type (the
-        type _ensure_types will announce)? Raises the error sending it would (22000)."""
-        preset = portal.oids if portal.oids is not None else portal.prepared.row_oids
-        formats = portal.result_formats
-
-        def check(cols, rows) -> None:
-            oids = preset if preset is not None else _value_oids(
-                [c.oid or t.oid_for_decltype(c.decltype) for c in cols], rows)
-            if len(oids) != len(cols):
-                return  # answered 0A000 (the plan changed) before any row is sent
-            encoders = self._encoders(oids, formats)
-            for row in rows:
-                for v, enc in zip(row, encoders):
-                    if v is not None:
-                        enc(v)
-        return check
-
-    async def _start(self, portal: Portal, first: int = BATCH_ROWS, pipelined: bool = False) -> None:
+    async def _start(self, portal: results.Portal, first: int = BATCH_ROWS, pipelined: bool = False) -> None:
         cur = await self.service(Execute(portal.prepared.statement, portal.params, first, pipelined,
-                                         check=self._row_check(portal)))
+                                         check=results.row_check(portal, self.state.ext)))
         portal.cursor = cur
         if getattr(cur, "notice", None):
             self.write_notice(cur.notice)
@@ -879,7 +730,7 @@ class PgConnection:
         if portal.prepared.statement.verb == "COPY":
             # COPY through the extended protocol: the copy sub-protocol at Execute; after an
             # error the messages up to the client's Sync are skipped, as after any other.
-            await self._copy(portal.prepared.statement, extended=True)
+            await copy.run(self, portal.prepared.statement, extended=True)
             self._after_statement()
             return
         limit = msg.max_rows
@@ -887,7 +738,7 @@ class PgConnection:
             await self._start(portal, limit + 1 if 0 < limit < BATCH_ROWS else BATCH_ROWS, self._pipelined())
         cur = portal.cursor
         if cur.columns is not None and portal.encoders is None:
-            await self._ensure_types(portal)
+            await results.ensure_types(portal, self.state.ext, self._start)
             if len(portal.oids) != len(cur.columns):
                 raise SqldError("cached plan must not change result type", sqlstate="0A000",
                                 hint="Prepare the statement again after changing the schema.")
@@ -913,7 +764,7 @@ class PgConnection:
             return False
         return self.protocol.batch_continues()
 
-    async def _send_rows(self, portal: Portal, limit: int) -> bool:
+    async def _send_rows(self, portal: results.Portal, limit: int) -> bool:
         """Send up to ``limit`` rows (0: all); True if the portal was suspended."""
         cur = portal.cursor
         if cur.columns is None:
@@ -956,253 +807,6 @@ class PgConnection:
             if portal is not None and portal.cursor is not None:
                 await portal.cursor.close()
         self.write(_CLOSE_COMPLETE)
-
-    # -- COPY ---------------------------------------------------------------------------------
-
-    async def _copy(self, stmt: Statement, extended: bool = False) -> None:
-        spec = copy.parse(stmt.sql)
-        if spec.direction == "TO":
-            await self._copy_out(spec)
-        else:
-            await self._copy_in(spec, extended)
-
-    async def _copy_out(self, spec) -> None:
-        query = spec.query or f"select {', '.join(spec.columns) or '*'} from {spec.table}"
-        cur = await self.service(Execute(parse_one(query)))
-        try:
-            names = [c.name for c in cur.columns or ()]
-            writer = copy.RowWriter(spec, names, copy.force_columns(spec, names)[0])
-            self.write(m.CopyOutResponse(len(names)).encode())
-            if spec.header:
-                self.write(m.copy_data(writer.header()))
-            count = 0
-            line = writer.row
-            while True:
-                for row in cur.rows:
-                    self.write(m.copy_data(line(row)))
-                count += len(cur.rows)
-                if cur.done:
-                    break
-                await self.maybe_flush()
-                await cur.fetch(BATCH_ROWS)
-        finally:
-            await cur.close()
-        self.write(m.COPY_DONE)
-        self.write(m.CommandComplete(f"COPY {count}").encode())
-
-    async def _copy_receive(self, deadline: float | None) -> None:
-        """Receive more of a COPY's data; a cancel request or the COPY's deadline ends the
-        wait (then the caller's check raises)."""
-        state = self.state
-        with anyio.CancelScope() as scope:
-            if deadline is not None:
-                scope.deadline = anyio.current_time() + max(0.0, deadline - time.monotonic())
-            state.on_cancel = scope.cancel
-            try:
-                await self.receive()
-            finally:
-                state.on_cancel = None
-
-    def _copy_can_end(self) -> bool | None:
-        """Once the client has closed its side, whether what it sent ends the COPY (a
-        CopyDone or CopyFail among the bytes not yet read); None while it may send more, or
-        where that cannot be seen (TLS: the kernel's bytes are encrypted)."""
-        closed = getattr(self.stream, "peer_closed", None)
-        if closed is None or not closed():
-            return None
-        unread = self.stream.peek_unread()
-        if unread is None:
-            return None
-        if unread is False:
-            return False  # the connection was reset: nothing more can come
-        return self.decoder.upcoming(b"cf", unread) is not None
-
-    async def _copy_in(self, spec, extended: bool = False) -> None:
-        # The whole COPY is one statement: a cancel request stops it while it waits for rows
-        # too, not only while a batch of them is being inserted.
-        state = self.state
-        state.in_copy = True
-        state.cancel_requested = False
-        loop = asyncio.get_running_loop()
-        self.copy_watch = loop.call_later(0.25, self._watch_copy_client, loop, 0)
-        # Waiting for the client's rows holds the writer: the idle-in-transaction limit holds.
-        self.protocol.copy_in()
-        try:
-            await self._copy_rows_in(spec, extended)
-        finally:
-            self.protocol.copy_done()
-            self.copy_watch.cancel()
-            state.in_copy = False
-            state.cancel_requested = False
-
-    def _watch_copy_client(self, loop, tick: int) -> None:
-        """While a COPY runs (a batch of its rows may take long inside SQLite), look a few
-        times a second whether its client closed its side with no end of the COPY in what
-        it sent (psql killed mid-COPY): then nothing of it can be kept, and it stops at once
-        (within a batch too: SQLite's progress handler asks ``SessionState.cancelled``)."""
-        state = self.state
-        if state.client_gone or not state.in_copy:
-            return
-        if tick % 4 == 3:
-            # A killed client's unsent rows and FIN wait in its kernel while this one's
-            # buffers are full: a closed socket shows itself only by answering a write.
-            self._probe()
-        ends = self._copy_can_end()
-        if ends is False:
-            state.client_gone = time.monotonic() - CLIENT_GONE_GRACE
-        elif ends is None:
-            self.copy_watch = loop.call_later(0.25, self._watch_copy_client, loop, tick + 1)
-
-    async def _copy_rows_in(self, spec, extended: bool) -> None:
-        """COPY FROM STDIN: all rows or none, as in PostgreSQL. Outside a transaction block
-        the rows form a transaction of their own (in the extended protocol: the batch's
-        implicit transaction, committed at Sync); inside one, an error fails the transaction
-        (status E, its COMMIT answers ROLLBACK), whatever made the COPY fail: a bad row, a
-        constraint, or the client's CopyFail."""
-        columns = list(spec.columns)
-        table_columns = None
-        if not columns or spec.force_null or spec.force_not_null:
-            described = await self.service(Describe(parse_one(f"select * from {spec.table}")))
-            table_columns = [c.name for c in described.info.columns]
-            columns = columns or table_columns
-        force_null, force_not_null = copy.force_columns(spec, columns, table_columns)
-        marks = ", ".join(f"?{i + 1}" for i in range(len(columns)))
-        quoted = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-        insert = parse_one(f"insert into {spec.table} ({quoted}) values ({marks})")
-        blobs = [t.oid_for_decltype(d) == t.BYTEA for d in (await self.service(Describe(insert))).param_decltypes]
-        self.write(m.CopyInResponse(len(columns)).encode())
-        await self.flush()
-        # In the extended protocol (not for the sqld extension, which runs statement by
-        # statement) the rows are the batch's: outside a transaction block its first write
-        # opens the implicit transaction that Sync commits and an error (Abort) rolls back.
-        pipelined = extended and not self.state.ext
-        own_tx = not pipelined and await self.service(Sync()) == b"I"
-        if own_tx:
-            await (await self.service(Execute(_BEGIN))).close()
-        reader = copy.RowReader(spec, columns, force_null, force_not_null)
-        count = 0
-        error: SqldError | None = None
-        ended = False
-        # The statement timeout covers the whole COPY, not each row's insert.
-        limit = self.state.statement_timeout
-        deadline = time.monotonic() + limit if limit else None
-
-        any_blob = any(blobs)
-
-        def check_stop() -> None:
-            state = self.state
-            if state.client_gone and state.cancelled():
-                raise QueryCanceled.because("cancel")
-            if state.cancel_requested:
-                raise QueryCanceled("canceling statement due to user request",
-                                    detail=f"COPY {spec.table}: {count} rows in")
-            if deadline is not None and time.monotonic() > deadline:
-                raise QueryCanceled("canceling statement due to statement timeout",
-                                    detail=f"COPY {spec.table}: {count} rows in")
-
-        async def insert_rows(rows) -> None:
-            nonlocal count
-            check_stop()
-            bad = None
-            width = len(columns)
-            i = next((i for i, row in enumerate(rows) if len(row) != width), None)
-            if i is not None:
-                row = rows[i]
-                bad = SqldError(f'missing data for column "{columns[len(row)]}"' if len(row) < width
-                                else "extra data after last expected column", sqlstate="22P04",
-                                detail=f"COPY {spec.table}, line {count + i + 1 + spec.header}: "
-                                f"{len(row)} values for {width} columns")
-                rows = rows[:i]
-            batch = rows
-            if any_blob:
-                batch = [tuple(t.bytea_from_text(v) if blob and v is not None else v for v, blob in zip(row, blobs))
-                         for row in rows]
-            if batch:
-                # One trip to the database for the rows the client has sent so far (a
-                # batch each time its messages are read), not one per row. The rows before
-                # a malformed one go in first: an error among them is the COPY's error, as
-                # when rows are inserted one by one.
-                try:
-                    await self.service(ExecuteMany(insert, batch, pipelined, deadline))
-                except SqldError as err:
-                    row = getattr(err, "row", None)
-                    if row is not None and err.detail is None and 0 <= row < len(batch):
-                        err.detail = f"COPY {spec.table}, line {count + row + 1 + spec.header}"  # PostgreSQL's CONTEXT
-                    raise
-                count += len(batch)
-            if bad is not None:
-                raise bad
-
-        # Rows are gathered from the CopyData messages already received, then inserted
-        # together: before waiting for more, at COPY_BATCH rows, and at CopyDone.
-        pending: list = []
-        while True:
-            msg = self.protocol.next_message()  # CopyData, CopyDone, CopyFail (Flush, Sync dropped)
-            if msg is NEED_DATA:
-                if pending:
-                    try:
-                        rows, pending = pending, []
-                        await insert_rows(rows)
-                    except QueryCanceled as exc:
-                        error = error or exc
-                        break
-                    except SqldError as exc:
-                        if exc.severity == "FATAL":
-                            raise
-                        error = error or exc  # keep reading until the client ends the copy
-                    continue
-                if error is None:
-                    try:
-                        await self._copy_receive(deadline)
-                        check_stop()
-                    except QueryCanceled as exc:
-                        error = exc
-                        break
-                else:
-                    await self.receive()
-                continue
-            mt = type(msg)
-            try:
-                if mt is m.CopyData:
-                    if error is None:
-                        check_stop()  # a cancel request or the deadline, while rows come in
-                        pending += reader.feed(msg.data)
-                        if len(pending) >= COPY_BATCH:
-                            rows, pending = pending, []
-                            await insert_rows(rows)
-                    continue
-                if mt is m.CopyDone:
-                    ended = True  # the copy is over, whatever its last line holds
-                    self.copy_watch.cancel()  # the client sent its end: done, whether it reads on or not
-                    if error is None:
-                        rows, pending = pending, []
-                        rows += reader.finish()
-                        await insert_rows(rows)
-                    break
-                # CopyFail
-                error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
-                break
-            except SqldError as exc:
-                if exc.severity == "FATAL":
-                    raise
-                pending = []
-                error = error or exc  # keep reading until the client ends the copy
-                if ended or isinstance(exc, QueryCanceled):
-                    # A cancel, the statement timeout or a client gone stops the COPY at once,
-                    # as in PostgreSQL: the error goes out now; the CopyData the client still
-                    # sends is ignored (outside COPY, or skipped to Sync).
-                    break
-        if own_tx:
-            with anyio.CancelScope(shield=True):
-                await (await self.service(Execute(_ROLLBACK if error else _COMMIT))).close()
-        elif error is not None:
-            # Inside a transaction block the rows sent so far are in it: the transaction is
-            # failed, as PostgreSQL fails it (in a batch, Abort rolls its implicit one back).
-            with anyio.CancelScope(shield=True):
-                await self.service(Abort())
-        if error is not None:
-            raise error
-        self.write(m.CommandComplete(f"COPY {count}").encode())
 
     # -- simple query ---------------------------------------------------------------------
 
@@ -1270,17 +874,17 @@ class PgConnection:
 
     async def _simple(self, stmt: Statement) -> None:
         if stmt.verb == "COPY":
-            await self._copy(stmt)
+            await copy.run(self, stmt)
             self._after_statement()
             return
-        ps = PreparedStatement(stmt, ())
-        portal = Portal(ps, (), ())
+        ps = results.PreparedStatement(stmt, ())
+        portal = results.Portal(ps, (), ())
         await self._start(portal)
         cur = portal.cursor
         try:
             if cur.columns is not None:
-                await self._ensure_types(portal)
-                self.write(self._row_description(cur.columns, portal.oids, ()))
+                await results.ensure_types(portal, self.state.ext, self._start)
+                self.write(results.row_description(cur.columns, portal.oids, (), self.state.ext))
                 await self._send_rows(portal, 0)
         finally:
             await cur.close()
