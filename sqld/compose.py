@@ -61,7 +61,7 @@ async def serve_primary(config: Config) -> None:
     )
     databases.open_main()
     try:
-        factory = _connections(config, databases, _replication(config, databases))
+        factory = _connections(config, databases.session, _replication(config, databases))
         where = (f"serving {databases.main_file}" if config.backend == "libsql" else
                  f"serving FoundationDB {config.fdb_cluster}, namespace {config.fdb_namespace}")
         server = await _listen(config, where)

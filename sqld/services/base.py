@@ -145,7 +145,9 @@ class SessionState:
     """What one client session carries across requests (shared by every layer).
 
     ``settings`` are the session's SET values by lower-case name; ``reported`` those that
-    changed and must go to the client as ParameterStatus at the next ReadyForQuery.
+    changed and must go to the client as ParameterStatus after the statement (PostgreSQL's
+    GUC report). What a statement asks of the protocol driver travels in its answer
+    (``Cursor.after``), not here.
     """
 
     process_id: int
@@ -164,13 +166,11 @@ class SessionState:
     executing: bool = False
     in_copy: bool = False  # a COPY FROM STDIN is under way: a cancel request counts between its batches too
     on_cancel: Callable[[], None] | None = None  # wakes a COPY waiting for the client's rows
-    discard: bool = False  # DISCARD ALL ran: drop prepared statements and portals
     ext: bool = False  # the client negotiated the sqld protocol extension (docs/protocol.md)
     read_only_user: bool = False  # the user may not write (a users-file "readonly" user)
     total_changes: int = 0  # rows changed by this session's statements (sqlite3's total_changes)
     last_rowid: int = 0  # rowid of this session's last INSERT (sqlite3's lastrowid)
     schema: SchemaClock = attrs.Factory(SchemaClock)  # the session's database's (set by its scheduler)
-    deallocate: list[str] = attrs.Factory(list)  # DEALLOCATE names ("*" for ALL) to drop
 
     def new_statement(self) -> None:
         """A statement starts: a cancel request for the one before it no longer counts
@@ -287,16 +287,30 @@ class DescribeResult:
     param_decltypes: tuple[str | None, ...]
 
 
+@attrs.frozen
+class After:
+    """What the protocol driver does once a statement is answered: ``forget`` prepared
+    statements by name, ``"*"`` for all of them (DEALLOCATE, DISCARD ALL)."""
+
+    forget: tuple[str, ...] = ()
+
+
 class Cursor(Protocol):
     """A statement's results being read.
 
     ``columns`` is None for a statement that returns no rows. ``rows`` holds rows already
     fetched; ``done`` says no more are to come. ``tag`` is the command tag once done.
+    ``notice`` is a warning to send before the rows; ``orphaned`` says the transaction the
+    rows were read in has ended (the portal is gone, as in PostgreSQL); ``after`` what the
+    driver does once the statement is answered.
     """
 
     columns: tuple[Column, ...] | None
     rows: list[tuple]
     done: bool
+    notice: str | None
+    orphaned: bool
+    after: After | None
 
     async def fetch(self, n: int) -> None: ...
 
@@ -314,6 +328,8 @@ class StaticCursor:
     command: str
     notice: str | None = None
     done: bool = True
+    after: After | None = None
+    orphaned = False
 
     async def fetch(self, n: int) -> None:
         return None

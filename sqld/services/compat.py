@@ -16,7 +16,7 @@ from sqld.backends.base import Column, StatementInfo
 from sqld.errors import FeatureNotSupported, InvalidParameterValue, SqldError, UndefinedObject
 from sqld.pgwire import types as t
 from sqld.services import catalog
-from sqld.services.base import Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
+from sqld.services.base import After, Describe, DescribeResult, Execute, Peek, SessionState, StaticCursor
 from sqld.sqltext import Statement, parse_one
 from sqld.verbs import COMPAT_VERBS
 
@@ -257,14 +257,13 @@ class CompatService:
             return StaticCursor(None, [], "RESET")
         if verb == "DISCARD":
             self._reset_all()
-            self.state.discard = True
             what = stmt.words[1] if len(stmt.words) > 1 else "ALL"
-            return StaticCursor(None, [], f"DISCARD {what}")
+            return StaticCursor(None, [], f"DISCARD {what}", after=After(forget=("*",)))
         if verb == "DEALLOCATE":
             words = [w for w in stmt.words[1:] if w != "PREPARE"]
             name = "*" if words == ["ALL"] else stmt.sql.split()[-1].strip('";').rstrip(";")
-            self.state.deallocate.append(name)
-            return StaticCursor(None, [], "DEALLOCATE ALL" if name == "*" else "DEALLOCATE")
+            return StaticCursor(None, [], "DEALLOCATE ALL" if name == "*" else "DEALLOCATE",
+                                after=After(forget=(name,)))
         if verb == "CLOSE":
             return StaticCursor(None, [], "CLOSE CURSOR ALL" if "ALL" in stmt.words else "CLOSE CURSOR")
         if verb == "UNLISTEN":

@@ -266,6 +266,24 @@ class Databases:
                     if now - self._idle_since.get(name, now) >= self.idle_timeout:
                         self._close(name)
 
+    async def session(self, state):
+        """The innermost service of a session: the scheduler's session on the database the
+        session names (``PRIVATE``: a database of its own, gone when the session ends)."""
+        if state.database == PRIVATE:
+            scheduler, drop = await self.private()
+            service = await scheduler(state)
+            service.on_close = drop
+            return service
+        # Only read-write users (or anyone, with no users configured) create databases.
+        scheduler, release = await self.acquire(state.database, create=not state.read_only_user)
+        try:
+            service = await scheduler(state)
+        except BaseException:
+            release()
+            raise
+        service.on_close = release  # the database may close once no session uses it
+        return service
+
     async def private(self) -> tuple[Scheduler, object]:
         """A database for one session; call the returned function when the session ends."""
         folder = Path(tempfile.mkdtemp(prefix="sqld-private-"))

@@ -571,22 +571,21 @@ class PgConnection:
             self.write(m.ParameterStatus(ext.RESULT, result).encode())
         self.write(m.CommandComplete(tag).encode())
 
-    def _after_statement(self) -> None:
+    def _after_statement(self, cur=None) -> None:
+        """What a statement's answer asks to be done after it (``Cursor.after``: DISCARD
+        and DEALLOCATE forget prepared statements), then the settings to report."""
+        after = cur.after if cur is not None else None
+        if after is not None:
+            for name in after.forget:
+                if name == "*":
+                    self.statements.clear()
+                else:
+                    self.statements.pop(name, None)
         state = self.state
         if state.reported:
             for name, value in state.reported.items():
                 self.write(m.ParameterStatus(name, value).encode())
             state.reported.clear()
-        if state.discard:
-            state.discard = False
-            self.statements.clear()
-        if state.deallocate:
-            for name in state.deallocate:
-                if name == "*":
-                    self.statements.clear()
-                else:
-                    self.statements.pop(name, None)
-            state.deallocate.clear()
 
     async def _close_portals(self) -> None:
         portals = list(self.portals.values())
@@ -709,7 +708,7 @@ class PgConnection:
         cur = await self.service(Execute(portal.prepared.statement, portal.params, first, pipelined,
                                          check=results.row_check(portal, self.state.ext)))
         portal.cursor = cur
-        if getattr(cur, "notice", None):
+        if cur.notice:
             self.write_notice(cur.notice)
         portal.pending = list(cur.rows)
 
@@ -720,7 +719,7 @@ class PgConnection:
         if portal.prepared.statement.is_empty:
             self.write(_EMPTY_QUERY)
             return
-        if portal.cursor is not None and not portal.complete and getattr(portal.cursor, "orphaned", False):
+        if portal.cursor is not None and not portal.complete and portal.cursor.orphaned:
             del self.portals[msg.portal]  # dropped at the end of its transaction, as PostgreSQL does
             raise SqldError(f'portal "{msg.portal}" does not exist', sqlstate="34000",
                             detail="The transaction it was read in has ended.")
@@ -752,7 +751,7 @@ class PgConnection:
         else:
             portal.complete = True
             self._complete(cur)
-        self._after_statement()
+        self._after_statement(cur)
 
     def _pipelined(self) -> bool:
         """Whether more of this batch may run before its Sync: another Execute is already
@@ -889,4 +888,4 @@ class PgConnection:
         finally:
             await cur.close()
         self._complete(cur)
-        self._after_statement()
+        self._after_statement(cur)

@@ -201,6 +201,7 @@ class ResultCursor:
 
     __slots__ = ("_service", "_conn", "_handle", "columns", "rows", "done", "_verb", "_count", "_changes",
                  "_release", "last_rowid", "notice", "_tx")
+    after = None  # nothing for the driver to do after a statement SQLite ran
 
     def __init__(self, service: SchedulerService, conn: Connection | None, columns, rows, handle, verb, release,
                  changes: int | None = None, last_rowid: int | None = None) -> None:
