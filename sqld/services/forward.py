@@ -60,7 +60,8 @@ def replica_settings(settings: dict, wait_timeout: float) -> None:
 
 
 class ForwardingService:
-    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, account=None) -> None:
+    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, account=None,
+                 connect=AsyncWire.connect) -> None:
         self.node = node
         self.account = account or PrimaryAccount()
         self.local = local          # the SchedulerService on the local copy
@@ -68,6 +69,7 @@ class ForwardingService:
         self.primary = primary
         self.database = database
         self.remote: AsyncWire | None = None
+        self.connect = connect      # how the forwarded connection is opened (AsyncWire.connect)
         self.remote_tx = False      # a transaction is open on the primary
         self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
         self.remote_implicit = False  # … and it is a pipeline's implicit one, to end at Sync
@@ -323,9 +325,9 @@ class ForwardingService:
         try:
             # As the replica's own user (it cannot speak for the client's password): the
             # client was authenticated here, and read-only users were stopped above.
-            self.remote = await AsyncWire.connect(host, port, user=account.user, password=account.password,
-                                                  database=self.database, timeout=2.0, sslmode=account.sslmode,
-                                                  sslrootcert=account.sslrootcert, params=options)
+            self.remote = await self.connect(host, port, user=account.user, password=account.password,
+                                             database=self.database, timeout=2.0, sslmode=account.sslmode,
+                                             sslrootcert=account.sslrootcert, params=options)
         except WireError as exc:
             raise PrimaryUnavailable(f"cannot forward the write to the primary: {exc}",
                                      hint="This server is a replica; writes go to its primary, which is unreachable. "
