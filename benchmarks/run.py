@@ -8,6 +8,8 @@ Targets:
             --synchronous full; also normal with --synchronous full,normal).
   postgres  a throwaway PostgreSQL cluster started here (initdb + postgres on 127.0.0.1,
             fsync=on, synchronous_commit=on), run as the `postgres` user when we are root.
+  sqld-src  with --sqld-src DIR: the sqld of another checkout (PYTHONPATH=DIR), run beside
+            this one's, for an after/before ratio of a change.
   apsw      the ceiling: the same statements in-process on a SQLite file (WAL,
             synchronous=FULL), one thread, one connection.
 
@@ -309,7 +311,9 @@ def lat_result(lat: list[float], elapsed: float) -> Result:
 
 
 class Sqld:
-    def __init__(self, synchronous: str, max_seconds_start: float = 30.0) -> None:
+    """sqld as a subprocess; ``src``: from that checkout (PYTHONPATH), for a before/after."""
+
+    def __init__(self, synchronous: str, max_seconds_start: float = 30.0, src: str | None = None) -> None:
         self.synchronous = synchronous
         self.dir = make_tmpdir("sqld-bench-")
         self.logfile = self.dir / "sqld.log"
@@ -317,8 +321,9 @@ class Sqld:
                "--listen-addr", f"{HOST}:0", "--synchronous", synchronous, "--log-level", "info"]
         with open(self.logfile, "wb") as lf:
             # own session: a Ctrl-C in the terminal reaches us, and we stop it in order
+            env = dict(os.environ, PYTHONPATH=str(Path(src).resolve())) if src else None
             self.proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.dir, start_new_session=True)
+                                         cwd=self.dir, start_new_session=True, env=env)
         _procs.append(("sqld", self.proc, signal.SIGTERM))
         deadline = time.monotonic() + max_seconds_start
         pat = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
@@ -611,9 +616,11 @@ class Bench:
 
             return measure, loop, db.close
 
-        if target == "sqld":
-            server = Sqld(mode)
-            options, env, label = None, None, f"sqld (synchronous={mode})"
+        if target in ("sqld", "sqld-src"):
+            src = a.sqld_src if target == "sqld-src" else None
+            server = Sqld(mode, src=src)
+            options, env = None, None
+            label = f"sqld (synchronous={mode}{', from ' + src if src else ''})"
         else:
             assert pg is not None
             server = pg
@@ -629,7 +636,7 @@ class Bench:
                 run_pgbench(a.pgbench, server.port, self.scripts / "select.sql", 1, a.warmup,
                             f"{label} warm-up", env)
         except BaseException:
-            if target == "sqld":
+            if target != "postgres":
                 server.stop()
             raise
 
@@ -648,7 +655,7 @@ class Bench:
             with Watchdog(a.duration * 3 + 60, server.kill, f"psycopg loop on {target}"):
                 return psycopg_loop(server.port, a.psycopg_queries, a.duration * 3, options)
 
-        close = server.stop if target == "sqld" else (lambda: None)
+        close = server.stop if target != "postgres" else (lambda: None)
         return measure, loop, close
 
     def run(self) -> None:
@@ -776,6 +783,14 @@ def report(bench: Bench, info: dict[str, str], fsync_us: float | None, started: 
             lines += ["", "¹ apsw runs in one thread on one connection; rows with clients > 1 repeat "
                           "its single-thread figure (the in-process ceiling), so sqld/apsw there "
                           "compares C server clients with one embedded thread."]
+    if a.sqld_src:
+        lines += ["", "## sqld of this checkout (after) against `--sqld-src` (before), same run", "",
+                  "| mode | workload | clients | before tps | after tps | after/before |", "|---|---|--:|--:|--:|--:|"]
+        for mode in a.synchronous:
+            for w, c in bench.runs(mode):
+                before, after = R.get((mode, "sqld-src", w.key, c)), R.get((mode, "sqld", w.key, c))
+                lines.append(f"| {mode} | {w.key} | {c} | {fmt_tps(before)} | {fmt_tps(after)} | "
+                             f"{fmt_ratio(after, before)} |")
     if PSYCOPG in a.only:
         lines += ["", "## Python app: psycopg 3, 1 client, prepared point select", "",
                   f"`cur.execute(\"{PSYCOPG_SQL}\", (aid,), prepare=True); cur.fetchone()` "
@@ -821,6 +836,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded point selects after loading")
     p.add_argument("--pg-bindir", default=None, help="PostgreSQL bin dir (default: pg_config --bindir)")
     p.add_argument("--output", default=str(HERE / "results" / "latest.md"), help="markdown file to write")
+    p.add_argument("--sqld-src", default=None, metavar="DIR",
+                   help="also run the sqld of another checkout (target sqld-src, PYTHONPATH=DIR), "
+                        "interleaved with this one's, and report after/before")
     a = p.parse_args(argv)
 
     def split(s, allowed=None):
@@ -832,6 +850,11 @@ def parse_args(argv=None):
 
     a.only = split(a.only, ALL_KEYS)
     a.targets = split(a.targets, TARGETS)
+    if a.sqld_src:
+        if not (Path(a.sqld_src) / "sqld" / "__init__.py").is_file():
+            p.error(f"--sqld-src: {a.sqld_src} holds no sqld package")
+        if "sqld" in a.targets:
+            a.targets.insert(a.targets.index("sqld"), "sqld-src")
     a.synchronous = list(dict.fromkeys(split(a.synchronous, ["full", "normal"])))
     try:
         a.clients = sorted({int(x) for x in a.clients.split(",") if x.strip()})

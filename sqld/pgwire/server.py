@@ -20,22 +20,45 @@ The message classes of ``messages.py`` are the events: no new object per message
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 from sqld.errors import ProtocolViolation, SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 
 
-class Phase(enum.Enum):
-    STARTUP = "startup"          # the untyped first messages (StartupMessage, SSLRequest, CancelRequest …)
-    AUTH = "auth"                # a password exchange under way
-    READY = "ready"              # between queries: ReadyForQuery was the last answer
-    QUERY = "query"              # a simple Query runs, until its ReadyForQuery
-    EXTENDED = "extended"        # extended-query messages since the last Sync
-    SKIP = "skip"                # an error in a batch: discard to Sync (protocol 55.2.3)
-    COPY_IN = "copy-in"          # COPY FROM STDIN reads CopyData
-    REPLICATION = "replication"  # a replica's connection (replication/sender.py)
-    ENDED = "ended"
+class Phase:
+    """A phase of the conversation. Each knows, for the hot path, what may come in it
+    (``allowed``: message type → (action, the phase it leads to or None), from ``TABLE``) and
+    whether the session is inside something there (``busy``: a query, a batch not yet
+    Synced, a COPY — it may hold the writer even where the status last told was I)."""
+
+    __slots__ = ("name", "busy", "allowed")
+    STARTUP: ClassVar[Phase]      # the untyped first messages (StartupMessage, SSLRequest, CancelRequest …)
+    AUTH: ClassVar[Phase]         # a password exchange under way
+    READY: ClassVar[Phase]        # between queries: ReadyForQuery was the last answer
+    QUERY: ClassVar[Phase]        # a simple Query runs, until its ReadyForQuery
+    EXTENDED: ClassVar[Phase]     # extended-query messages since the last Sync
+    SKIP: ClassVar[Phase]         # an error in a batch: discard to Sync (protocol 55.2.3)
+    COPY_IN: ClassVar[Phase]      # COPY FROM STDIN reads CopyData
+    REPLICATION: ClassVar[Phase]  # a replica's connection (replication/sender.py)
+    ENDED: ClassVar[Phase]
+
+    def __init__(self, name: str, busy: bool = False) -> None:
+        self.name = name
+        self.busy = busy
+        self.allowed: dict[type, tuple[Action, Phase | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"Phase.{self.name.upper().replace('-', '_')}"
+
+
+for _name, _busy in (("startup", False), ("auth", False), ("ready", False), ("query", True), ("extended", True),
+                     ("skip", True), ("copy-in", True), ("replication", False), ("ended", False)):
+    setattr(Phase, _name.upper().replace("-", "_"), Phase(_name, _busy))
+del _name, _busy
+PHASES = (Phase.STARTUP, Phase.AUTH, Phase.READY, Phase.QUERY, Phase.EXTENDED, Phase.SKIP, Phase.COPY_IN,
+          Phase.REPLICATION, Phase.ENDED)
 
 
 class Action(enum.Enum):
@@ -69,11 +92,25 @@ for _kind in (m.Query,) + _COPY:
 TABLE[Phase.REPLICATION, m.Terminate] = Action.END
 del _phase, _kind
 
-# Phases in which the session is inside something: a query, a batch not yet Synced, a COPY
-# (it may hold the writer even where the status last told was I).
-_BUSY = frozenset((Phase.QUERY, Phase.EXTENDED, Phase.SKIP, Phase.COPY_IN))
+
+def _leads_to(phase: Phase, kind: type, action: Action) -> Phase | None:
+    """The phase a handled message starts (None: it stays)."""
+    if action is Action.END:
+        return Phase.ENDED
+    if phase is Phase.READY or phase is Phase.EXTENDED:
+        if kind is m.Query:
+            return Phase.QUERY
+        if kind in _EXTENDED and phase is Phase.READY:
+            return Phase.EXTENDED
+    return None
+
+
+for (_phase, _kind), _action in TABLE.items():
+    _phase.allowed[_kind] = (_action, _leads_to(_phase, _kind, _action))
+del _phase, _kind, _action
 
 _RFQ = {s: m.ReadyForQuery(s).encode() for s in (b"I", b"T", b"E")}
+_DISCARD = Action.DISCARD
 
 
 def violation(phase: Phase, kind: type) -> ProtocolViolation:
@@ -92,7 +129,8 @@ class ServerConnection:
 
     def __init__(self, max_message_size: int) -> None:
         self.decoder = Decoder(m.FRONTEND, max_message_size)
-        self.phase = Phase.STARTUP
+        self.phase = Phase.STARTUP  # set only through _enter (busy goes with it)
+        self.busy = False
         self.status = b"I"  # as last told to the client in ReadyForQuery
         self._copy_from: Phase | None = None  # the phase a COPY returns to
         self._out: list[bytes] = []
@@ -131,20 +169,14 @@ class ServerConnection:
             msg = self.decoder.next_message()
             if msg is NEED_DATA:
                 return msg
-            kind = type(msg)
-            phase = self.phase
-            action = TABLE.get((phase, kind))
-            if action is None:
-                raise violation(phase, kind)
-            if action is Action.DISCARD:
+            step = self.phase.allowed.get(type(msg))
+            if step is None:
+                raise violation(self.phase, type(msg))
+            action, to = step
+            if action is _DISCARD:
                 continue
-            if action is Action.END:
-                self.phase = Phase.ENDED
-            elif phase is Phase.READY or phase is Phase.EXTENDED:
-                if kind is m.Query:
-                    self.phase = Phase.QUERY
-                elif kind in _EXTENDED:
-                    self.phase = Phase.EXTENDED
+            if to is not None:
+                self._enter(to)
             return msg
 
     def has_message(self) -> bool:
@@ -158,35 +190,36 @@ class ServerConnection:
 
     # -- phases ---------------------------------------------------------------------------------
 
-    @property
-    def busy(self) -> bool:
-        """Inside a query, an unsynced batch or a COPY: the session may hold a connection."""
-        return self.phase in _BUSY
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self.busy = phase.busy
 
     def authenticating(self) -> None:
-        self.phase = Phase.AUTH
+        self._enter(Phase.AUTH)
 
     def started(self, replication: bool = False) -> None:
         """Authenticated and accepted: queries (or replication commands) may come."""
-        self.phase = Phase.REPLICATION if replication else Phase.READY
+        self._enter(Phase.REPLICATION if replication else Phase.READY)
 
     def failed(self) -> None:
         """An error answered a message of a batch: the rest up to Sync is skipped."""
         if self.phase is Phase.EXTENDED or self.phase is Phase.READY:
-            self.phase = Phase.SKIP
+            self._enter(Phase.SKIP)
 
     def ready(self, status: bytes) -> None:
         """ReadyForQuery: a query or a batch is over."""
         self.write(_RFQ[status])
         self.status = status
-        self.phase = Phase.READY
+        if self.phase is not Phase.READY:
+            self._enter(Phase.READY)
 
     def copy_in(self) -> None:
-        self._copy_from, self.phase = self.phase, Phase.COPY_IN
+        self._copy_from = self.phase
+        self._enter(Phase.COPY_IN)
 
     def copy_done(self) -> None:
         if self.phase is Phase.COPY_IN:
-            self.phase = self._copy_from or Phase.READY
+            self._enter(self._copy_from or Phase.READY)
         self._copy_from = None
 
     def error(self, err: SqldError, ext: bool = False) -> None:

@@ -225,7 +225,7 @@ class PgConnection:
         """After ReadyForQuery or Flush: write out, unless the client already sent more
         (a pipeline), whose answers then go out together. Like PostgreSQL, nothing is
         flushed between a Sync and the next one."""
-        if not self.protocol.has_message():
+        if not self.decoder.has_message():
             await self.flush()
 
     async def _reserve(self) -> None:
@@ -527,7 +527,7 @@ class PgConnection:
             if mt is m.Terminate:
                 await self.flush()  # the answers to what was pipelined before it
                 return
-            if protocol.phase is Phase.SKIP and mt is m.Flush:
+            if mt is m.Flush and protocol.phase is Phase.SKIP:
                 await self.sync_point()  # after an error, up to Sync only Flush and Sync count
                 continue
             try:

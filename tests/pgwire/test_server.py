@@ -13,7 +13,7 @@ from sqld.pgwire.server import TABLE, Action, Phase, ServerConnection
 
 def server(phase: Phase = Phase.READY) -> ServerConnection:
     conn = ServerConnection(1 << 20)
-    conn.phase = phase
+    conn._enter(phase)  # as if the conversation had got there
     return conn
 
 
@@ -116,6 +116,7 @@ def test_every_frontend_message_has_a_meaning_in_the_phases_between_queries():
     for phase in (Phase.READY, Phase.EXTENDED, Phase.SKIP):
         for kind in m.FRONTEND.values():
             action = TABLE.get((phase, kind))
+            assert (action is None) == (kind not in phase.allowed)
             if phase is not Phase.SKIP and kind in (m.PasswordMessage, m.FunctionCall):
                 assert action is None
             else:
