@@ -34,6 +34,7 @@ from sqld.pgwire import extension as ext
 from sqld.pgwire import types as t
 from sqld.services.base import Abort, Describe, DescribeResult, Execute, ExecuteMany, Peek, StaticCursor, Sync, Terminate
 from sqld.services.compat import parse_timeout
+from sqld.services.transaction import Transaction
 from sqld.sqltext import parse_one
 from sqld.verbs import WRITE_VERBS
 
@@ -70,9 +71,9 @@ class ForwardingService:
         self.database = database
         self.remote: AsyncWire | None = None
         self.connect = connect      # how the forwarded connection is opened (AsyncWire.connect)
-        self.remote_tx = False      # a transaction is open on the primary
-        self.remote_failed = False  # … and a statement in it failed (PostgreSQL's aborted state)
-        self.remote_implicit = False  # … and it is a pipeline's implicit one, to end at Sync
+        # The transaction once it moved to the primary (its conn: the forwarded connection);
+        # before that, a transaction is the local scheduler's (``local.tx``).
+        self.tx = Transaction()
         # read-your-writes: (frame, generation) of this session's last commit, None before
         self.wait_frame: tuple[int, bytes] | None = None
         self.sent: dict[str, str] = {}  # settings as the forwarded connection has them
@@ -80,9 +81,7 @@ class ForwardingService:
 
     @property
     def status(self) -> bytes:
-        if self.remote_tx:
-            return b"E" if self.remote_failed else b"T"
-        return self.local.status
+        return self.tx.status if self.tx.open else self.local.status
 
     async def __call__(self, request):
         kind = type(request)
@@ -98,24 +97,24 @@ class ForwardingService:
         if kind is Describe:
             return await self.describe(request)
         if kind is Peek:
-            if self.remote_tx:
+            if self.tx.open:
                 return None
-            if self.local.tx_conn is None:
+            if self.local.tx.conn is None:
                 await self._catch_up()
             return await self.local(request)
         if kind is Sync:
-            if self.remote_implicit:
-                await self._end_implicit(_ROLLBACK if self.remote_failed else _COMMIT)
-            if self.remote_tx:
+            if self.tx.implicit:
+                await self._end_implicit(_ROLLBACK if self.tx.failed else _COMMIT)
+            if self.tx.open:
                 return self.status
             return await self.local(request)
         if kind is Abort:
-            if self.remote_implicit:
+            if self.tx.implicit:
                 await self._end_implicit(_ROLLBACK)
                 return None
-            if self.remote_tx:
+            if self.tx.open:
                 if not self.state.ext:
-                    self.remote_failed = True
+                    self.tx.fail()
                 return None
             return await self.local(request)
         if kind is Terminate:
@@ -179,16 +178,16 @@ class ForwardingService:
         return cur
 
     async def describe(self, request: Describe) -> DescribeResult:
-        if not self.remote_tx:
-            if self.local.tx_conn is None:
+        if not self.tx.open:
+            if self.local.tx.conn is None:
                 await self._catch_up()
             try:
                 return await self.local(request)
             except SqldError as exc:
-                if self.local.in_tx or self.node.connected is False or exc.sqlstate == "25P02":
+                if self.local.tx.open or self.node.connected is False or exc.sqlstate == "25P02":
                     raise
                 # A table the replica does not have yet: the primary knows the statement.
-        elif self.remote_failed:
+        elif self.tx.failed:
             raise InFailedTransaction()
         return await self._describe_remote(request.statement.sql)
 
@@ -209,68 +208,64 @@ class ForwardingService:
     async def execute(self, req: Execute):
         stmt = req.statement
         verb = stmt.verb
-        if self.remote_tx:
+        if self.tx.open:
             return await self._in_remote_tx(req)
         words = stmt.words
-        if verb in ("BEGIN", "START") and not self.local.in_tx and (
+        if verb in ("BEGIN", "START") and not self.local.tx.open and (
                 "IMMEDIATE" in words or "EXCLUSIVE" in words) and "ONLY" not in words:
             return await self._begin_remote(req)
-        if verb == "SAVEPOINT" and not self.local.read_only_tx:
+        if verb == "SAVEPOINT" and not self.local.tx.read_only:
             # Savepoints are for writing transactions: the transaction moves to the primary.
             await self._move_to_primary(stmt)
             return await self._in_remote_tx(req)
         if verb not in WRITE_VERBS:
-            if self.local.tx_conn is None:  # no read snapshot held yet (none, or BEGIN only)
+            if self.local.tx.conn is None:  # no read snapshot held yet (none, or BEGIN only)
                 await self._catch_up()
             try:
                 return self._stale_notice(await self.local(req))
             except NeedsWriter:
                 pass
-        if self.local.in_tx:
-            if self.local.failed:
+        if self.local.tx.open:
+            if self.local.tx.failed:
                 raise InFailedTransaction()
             await self._move_to_primary(stmt)
             return await self._in_remote_tx(req)
         if req.pipelined:
             # A pipeline's first write: the batch's writes go to the primary as one
             # transaction, committed at Sync (as the primary itself runs a batch).
-            await self._move_to_primary(stmt)
-            self.remote_implicit = True
+            await self._move_to_primary(stmt, implicit=True)
             return await self._in_remote_tx(req)
         return await self._forward(req)
 
     async def _end_implicit(self, how) -> None:
-        self.remote_implicit = False
+        self.tx.make_explicit()
         try:
             with anyio.CancelScope(shield=how is _ROLLBACK):
                 await self._forward(Execute(how))
         except BaseException:
             # The primary ends a transaction whose COMMIT failed; a lost primary took it along.
-            self.remote_tx = self.remote_failed = False
+            self.tx.end()
             raise
 
     async def _begin_remote(self, req: Execute):
-        cur = await self._forward(req)
-        self.remote_tx = True
-        self.remote_failed = False
-        return cur
+        return await self._forward(req)  # the primary's status T opens self.tx
 
-    async def _move_to_primary(self, stmt) -> None:
+    async def _move_to_primary(self, stmt, *, implicit: bool = False) -> None:
         """The local (read) transaction writes: continue it on the primary, or fail 40001
         when the primary moved on since its reads."""
-        if self.local.read_only_tx:
+        if self.local.tx.read_only:
             raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
-        snapshot = self.local.snapshot_seq if self.local.tx_conn is not None else None
+        snapshot = self.local.snapshot_seq if self.local.tx.conn is not None else None
         await self.local(Execute(_ROLLBACK))  # ends the local snapshot (it only read)
         remote = await self._remote()
         await self._call(remote.run, "BEGIN IMMEDIATE")
-        self.remote_tx = True
-        self.remote_failed = False
+        self.tx.begin(implicit=implicit)
+        self.tx.conn = remote
         reported = _reported_frame(remote)
         frame, generation = reported if reported else (0, None)
         if snapshot is not None and (frame > snapshot or generation != self.node.generation):
             await self._call(remote.run, "ROLLBACK")
-            self.remote_failed = True  # the client ends the transaction with ROLLBACK
+            self.tx.fail()  # the client ends the transaction with ROLLBACK
             raise SerializationFailure(
                 "could not serialize access due to concurrent update",
                 detail=f"The transaction read the replica at frame {snapshot}; the primary is at {frame}"
@@ -280,34 +275,38 @@ class ForwardingService:
     async def _in_remote_tx(self, req: Execute):
         stmt = req.statement
         verb = stmt.verb
-        if self.remote_failed:
+        if self.tx.failed:
             if verb in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in stmt.words:
                 if self.remote is not None:
                     await self._forward(Execute(_ROLLBACK))
-                self.remote_tx = self.remote_failed = self.remote_implicit = False
+                self.tx.end()
                 return StaticCursor(None, [], "ROLLBACK")
             if not (verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words):
                 raise InFailedTransaction()
         try:
             cur = await self._forward(req)
         except SqldError as exc:
-            if not self.state.ext and not isinstance(exc, PrimaryUnavailable):
-                self.remote_failed = True
+            if isinstance(exc, PrimaryUnavailable):
+                raise
+            if not self.state.ext:
+                self.tx.fail()  # PostgreSQL's aborted state, until ROLLBACK
+            elif self.remote is not None and self.remote.status == b"I":
+                self.tx.end()  # sqlite3's semantics: the transaction goes on, unless SQLite ended it
             raise
         if verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words:
-            self.remote_failed = False
-        if verb in ("BEGIN", "START") or not self.remote_tx:
-            self.remote_implicit = False  # made explicit, or ended by COMMIT / ROLLBACK
+            self.tx.recover()
+        if verb in ("BEGIN", "START"):
+            self.tx.make_explicit()
         return cur
 
     async def _remote(self) -> AsyncWire:
         self.state.may_write()
         if self.remote is not None and not self.remote.closed:
-            if self.remote_tx or self.remote.alive():
+            if self.tx.open or self.remote.alive():
                 return self.remote
             self.remote = None  # the primary went away since (restarted): connect again
-        if self.remote_tx:
-            self.remote_failed = True
+        if self.tx.open:
+            self.tx.fail()
             raise PrimaryUnavailable("lost the connection to the primary in the middle of a transaction",
                                      hint="ROLLBACK, then retry the transaction.")
         host, port = self.primary
@@ -341,10 +340,23 @@ class ForwardingService:
         it stays aborted here (25P02) until the client's ROLLBACK, never turning into
         autocommit statements. Returns whether one was open."""
         self.remote = None
-        if self.remote_tx:
-            self.remote_failed = True
+        if self.tx.open:
+            self.tx.fail()
             return True
         return False
+
+    def _track(self, status: bytes) -> None:
+        """Follow the primary's ReadyForQuery status after a forwarded statement: a BEGIN (or
+        a SAVEPOINT, in sqlite3's semantics) opened the transaction there, a COMMIT or
+        ROLLBACK ended it."""
+        if status == b"I":
+            self.tx.end()
+            return
+        if not self.tx.open:
+            self.tx.begin()
+            self.tx.conn = self.remote
+        if status == b"E":
+            self.tx.fail()
 
     async def _pass_settings(self, remote: AsyncWire) -> None:
         """The session's timeouts hold on the primary too (set again when they change)."""
@@ -400,10 +412,8 @@ class ForwardingService:
         await self._pass_settings(remote)
         stmt = req.statement
         result = await self._call(remote.run, stmt.sql, req.params)
-        self.remote_tx = remote.status != b"I"
-        if remote.status == b"E":
-            self.remote_failed = True
-        if not self.remote_tx:
+        self._track(remote.status)
+        if not self.tx.open:
             reported = _reported_frame(remote)  # read your writes: wait for this commit
             if reported is not None and (self.wait_frame is None or reported[1] != self.wait_frame[1]
                                          or reported[0] > self.wait_frame[0]):

@@ -47,6 +47,7 @@ from sqld.services.base import (
 from sqld.pgwire import extension as ext
 from sqld.pgwire.types import INT8
 from sqld.services.groupcommit import CommitGroup, Write, groupable
+from sqld.services.transaction import Transaction
 from sqld.sqltext import Statement
 from sqld.verbs import ATOMIC_VERBS, DDL_VERBS, INSERT_VERBS, READ_VERBS, TX_VERBS, WRITE_VERBS
 
@@ -218,7 +219,7 @@ class ResultCursor:
         self._release = release
         self.notice = None
         # The transaction the rows are read in (None in autocommit): its end closes them.
-        self._tx = service.tx_serial if service.in_tx else None
+        self._tx = service.tx.serial if service.tx.open else None
         if done:
             self._finish()
 
@@ -239,7 +240,7 @@ class ResultCursor:
     def orphaned(self) -> bool:
         """Its transaction ended (COMMIT or ROLLBACK in the same batch): PostgreSQL drops such a
         portal; its connection went back to the pool, and reading on would read nothing."""
-        return self._tx is not None and self._tx != self._service.tx_serial
+        return self._tx is not None and self._tx != self._service.tx.serial
 
     async def fetch(self, n: int) -> None:
         if self.done:
@@ -247,7 +248,7 @@ class ResultCursor:
         if self.orphaned:
             self.done = True
             raise SqldError("portal does not exist: its transaction has ended", sqlstate="34000")
-        if self._service.failed:
+        if self._service.tx.failed:
             # PostgreSQL: a portal of an aborted transaction cannot be read on
             raise InFailedTransaction()
         try:
@@ -283,12 +284,7 @@ class SchedulerService:
     def __init__(self, scheduler: Scheduler, state: SessionState) -> None:
         self.s = scheduler
         self.state = state
-        self.in_tx = False        # a transaction is open (status T or E)
-        self.tx_serial = 0        # counts the transactions ended, so cursors know theirs
-        self.implicit = False     # … and it is a pipeline's implicit one, to end at Sync
-        self.failed = False       # … and a statement in it failed (status E)
-        self.read_only_tx = False
-        self.tx_conn: Connection | None = None   # the connection the transaction runs on
+        self.tx = Transaction()    # its conn: the backend connection the transaction runs on
         self.schema_dirty = False  # the open transaction changed the schema
         self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
         self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
@@ -305,9 +301,7 @@ class SchedulerService:
 
     @property
     def status(self) -> bytes:
-        if not self.in_tx:
-            return b"I"
-        return b"E" if self.failed else b"T"
+        return self.tx.status
 
     async def __call__(self, request):
         try:
@@ -349,8 +343,8 @@ class SchedulerService:
         if type(request) is Peek:
             return await self.peek(request.statement)
         if type(request) is Sync:
-            if self.implicit:
-                await self._end_implicit("rollback" if self.failed else "commit")
+            if self.tx.implicit:
+                await self._end_implicit("rollback" if self.tx.failed else "commit")
             if self.frame_source is not None and not self.frame_source.broken:
                 log_ = self.frame_source.log
                 frame = (log_.last_commit, log_.generation)
@@ -359,10 +353,10 @@ class SchedulerService:
                     self.state.reported[ext.FRAME] = ext.encode_frame(*frame)
             return self.status
         if type(request) is Abort:
-            if self.implicit:
+            if self.tx.implicit:
                 # All or nothing: the batch's work so far goes; the rest is skipped to Sync.
                 await self._end_implicit("rollback")
-            elif self.in_tx:
+            elif self.tx.open:
                 self._fail()
             return None
         if type(request) is Terminate:
@@ -431,7 +425,7 @@ class SchedulerService:
         if cached is not None:
             return cached
         if conn is None:
-            conn = self.tx_conn
+            conn = self.tx.conn
         if conn is not None:
             info = conn.info(stmt.sql)
             if not self._private_schema:
@@ -447,7 +441,7 @@ class SchedulerService:
         return info
 
     async def describe(self, stmt: Statement) -> DescribeResult:
-        if self.failed and stmt.verb not in TX_VERBS:
+        if self.tx.failed and stmt.verb not in TX_VERBS:
             raise InFailedTransaction()
         cached = None if self._private_schema else self.s.described.get(stmt.sql)
         if cached is not None:
@@ -467,7 +461,7 @@ class SchedulerService:
         untyped = guesses is not None and len(guesses) == len(info.columns) and any(
             c.decltype is None for c in info.columns)
         if (hints or untyped) and stmt.tables:
-            conn = self.tx_conn
+            conn = self.tx.conn
             reader = None
             if conn is None:
                 conn = reader = await self._reader()
@@ -525,9 +519,9 @@ class SchedulerService:
 
     async def peek(self, stmt: Statement) -> tuple | None:
         info = await self.info(stmt)
-        if not info.readonly or not info.columns or self.failed:
+        if not info.readonly or not info.columns or self.tx.failed:
             return None
-        conn = self.tx_conn
+        conn = self.tx.conn
         reader = None
         if conn is None:
             conn = reader = await self._reader()
@@ -549,9 +543,9 @@ class SchedulerService:
         verb = stmt.verb
         if verb in TX_VERBS:
             return await self._transaction_control(stmt)
-        if self.failed:
+        if self.tx.failed:
             raise InFailedTransaction()
-        if self.in_tx:
+        if self.tx.open:
             return await self._execute_in_tx(stmt, req)
         if verb not in WRITE_VERBS:
             # Most likely a read: a reader tries it; SQLite tells, before running it, if it writes.
@@ -619,17 +613,17 @@ class SchedulerService:
         Sync run in one transaction on the writer (PostgreSQL's implicit transaction). It
         starts at the first write, on the writer: reads before it ran alone, each seeing
         the newest data (as under PostgreSQL's read committed), so they cannot go stale."""
-        self.in_tx = self.implicit = True
+        self.tx.begin(implicit=True)
         try:
             await self._tx_writer()
         except BaseException:
-            self.in_tx = self.implicit = False
+            self.tx.end()
             raise
         return await self._execute_in_tx(stmt, req)
 
     async def _end_implicit(self, how: str) -> None:
-        self.implicit = False
-        if self.in_tx:
+        self.tx.make_explicit()
+        if self.tx.open:
             await self._end_tx(how)
 
     def _writer_connection(self) -> Connection:
@@ -657,7 +651,7 @@ class SchedulerService:
 
     async def execute_many(self, req: ExecuteMany) -> int:
         stmt = req.statement
-        if not self.in_tx or self.failed or stmt.verb not in INSERT_VERBS:
+        if not self.tx.open or self.tx.failed or stmt.verb not in INSERT_VERBS:
             changed = 0
             for params in req.rows:
                 cur = await self.execute(Execute(stmt, params, 1, req.pipelined))
@@ -680,9 +674,9 @@ class SchedulerService:
         return changed
 
     async def _execute_in_tx(self, stmt: Statement, req: Execute):
-        fresh = self.tx_conn is None
+        fresh = self.tx.conn is None
         try:
-            conn = self.tx_conn
+            conn = self.tx.conn
             if stmt.verb in WRITE_VERBS:
                 conn = await self._tx_writer_for(stmt)
             elif conn is None:
@@ -719,7 +713,7 @@ class SchedulerService:
         return ResultCursor(self, conn, columns, rows, handle, stmt.verb, _releaser(_nothing, conn))
 
     async def _tx_writer_for(self, stmt: Statement) -> Connection:
-        if self.read_only_tx:
+        if self.tx.read_only:
             raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
         return await self._tx_writer()
 
@@ -728,12 +722,11 @@ class SchedulerService:
         aborted until ROLLBACK. A session on the sqld extension (sqlite3's semantics) keeps
         its transaction, as SQLite does, unless SQLite itself rolled it back."""
         if not self.state.ext:
-            self.failed = True
+            self.tx.fail()
             return
-        conn = self.tx_conn
+        conn = self.tx.conn
         if conn is not None and not conn.readonly and not conn.in_transaction():
-            self.tx_conn = None
-            self.in_tx = self.read_only_tx = False
+            self.tx.end()  # SQLite rolled it back
             if conn is self.own:
                 conn.readonly = True
             else:
@@ -741,7 +734,7 @@ class SchedulerService:
             self._unlock_writer()
 
     async def _abandon_tx_conn(self) -> None:
-        conn, self.tx_conn = self.tx_conn, None
+        conn, self.tx.conn = self.tx.conn, None
         if conn is None:
             return
         with anyio.CancelScope(shield=True):
@@ -753,8 +746,8 @@ class SchedulerService:
         """The transaction's connection for a read. A transaction starts on a reader at its
         first statement (BEGIN itself takes nothing, as in PostgreSQL) and moves to the
         writer at its first write (``_tx_writer``)."""
-        if self.tx_conn is not None:
-            return self.tx_conn
+        if self.tx.conn is not None:
+            return self.tx.conn
         conn = await self._reader()
         # Taken before the snapshot starts: a commit racing with it can only make the
         # upgrade check below fail safe (a spurious 40001), never miss a change.
@@ -764,7 +757,7 @@ class SchedulerService:
         except BaseException:
             self._release_reader(conn)
             raise
-        self.tx_conn = conn
+        self.tx.conn = conn
         return conn
 
     async def _tx_writer(self) -> Connection:
@@ -772,7 +765,7 @@ class SchedulerService:
         transaction read on if nothing was committed since its snapshot began; otherwise
         the transaction read stale data and must be retried (SQLite's own rule for a
         deferred transaction that starts writing: SQLITE_BUSY_SNAPSHOT)."""
-        conn = self.tx_conn
+        conn = self.tx.conn
         if conn is not None and not conn.readonly:
             return conn
         await self._lock_writer()
@@ -800,7 +793,7 @@ class SchedulerService:
                     self._unlock_writer()
                     raise
                 begun = True
-            self.tx_conn = None
+            self.tx.conn = None
             if conn.has_open_cursors:
                 # Suspended portals read on in the snapshot they started in (as a PostgreSQL
                 # cursor does); the reader is released when the transaction ends.
@@ -816,7 +809,7 @@ class SchedulerService:
                 writer.readonly = True
             self._unlock_writer()
             raise
-        self.tx_conn = writer
+        self.tx.conn = writer
         return writer
 
     def _give_back(self, conn: Connection) -> None:
@@ -834,12 +827,10 @@ class SchedulerService:
             self._unlock_writer()
 
     async def _end_tx(self, sql: str) -> None:
-        self.tx_serial += 1
-        conn, self.tx_conn = self.tx_conn, None
+        conn = self.tx.end()
         kept, self.kept_readers = self.kept_readers, []
         for reader in kept:
             self.s.release_reader(reader)
-        self.in_tx = self.failed = self.read_only_tx = False
         if self.schema_dirty:
             self.schema_dirty = False
             self.s.schema_changed()
@@ -871,29 +862,28 @@ class SchedulerService:
         verb = stmt.verb
         words = stmt.words
         if verb in ("BEGIN", "START"):
-            if self.implicit:
+            if self.tx.implicit:
                 # BEGIN inside a pipeline's implicit transaction makes it an explicit one,
                 # holding what ran before it (PostgreSQL does the same).
-                self.implicit = False
+                self.tx.make_explicit()
                 return StaticCursor(None, [], "BEGIN")
-            if self.in_tx:
+            if self.tx.open:
                 return StaticCursor(None, [], "BEGIN", notice="there is already a transaction in progress")
-            self.in_tx = True
-            self.read_only_tx = _READ_ONLY.search(stmt.sql) is not None
-            if not self.read_only_tx and ("IMMEDIATE" in words or "EXCLUSIVE" in words):
+            self.tx.begin(read_only=_READ_ONLY.search(stmt.sql) is not None)
+            if not self.tx.read_only and ("IMMEDIATE" in words or "EXCLUSIVE" in words):
                 # SQLite's way to say "this transaction will write": take the writer now, so
                 # its reads can never go stale before its first write (no 40001 later).
                 try:
                     await self._tx_writer()
                 except BaseException:
-                    self.in_tx = False
+                    self.tx.end()
                     raise
             return StaticCursor(None, [], "BEGIN")
         if verb in ("COMMIT", "END"):
-            self.implicit = False  # COMMIT ends a pipeline's implicit transaction too
-            if not self.in_tx:
+            self.tx.make_explicit()  # COMMIT ends a pipeline's implicit transaction too
+            if not self.tx.open:
                 return StaticCursor(None, [], "COMMIT", notice="there is no transaction in progress")
-            if self.failed:
+            if self.tx.failed:
                 await self._end_tx("rollback")
                 return StaticCursor(None, [], "ROLLBACK")
             await self._end_tx("commit")
@@ -901,33 +891,34 @@ class SchedulerService:
         if verb in ("ROLLBACK", "ABORT"):
             if "TO" in words:
                 return await self._rollback_to(stmt)
-            self.implicit = False
-            if not self.in_tx:
+            self.tx.make_explicit()
+            if not self.tx.open:
                 return StaticCursor(None, [], "ROLLBACK", notice="there is no transaction in progress")
             await self._end_tx("rollback")
             return StaticCursor(None, [], "ROLLBACK")
         if verb == "SAVEPOINT":
-            if self.failed:
+            if self.tx.failed:
                 raise InFailedTransaction()
-            if not self.in_tx or self.implicit:
+            if not self.tx.open or self.tx.implicit:
                 if not self.state.ext:
                     # PostgreSQL: savepoints live in transaction blocks only (not in a batch's
                     # implicit transaction either); nothing is opened, nothing held.
                     raise SqldError("SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
-                self.in_tx = True  # sqlite3's semantics: an outer SAVEPOINT starts a transaction
+                if not self.tx.open:
+                    self.tx.begin()  # sqlite3's semantics: an outer SAVEPOINT starts a transaction
             return await self._run_in_tx(stmt, "SAVEPOINT")
         if verb == "RELEASE":
-            if self.failed:
+            if self.tx.failed:
                 raise InFailedTransaction()
-            if not self.in_tx or (self.implicit and not self.state.ext):
+            if not self.tx.open or (self.tx.implicit and not self.state.ext):
                 raise SqldError("RELEASE SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
             return await self._run_in_tx(stmt, "RELEASE")
         raise SqldError(f"unexpected transaction statement {verb}")
 
     async def _rollback_to(self, stmt: Statement):
-        if not self.in_tx or (self.implicit and not self.state.ext):
+        if not self.tx.open or (self.tx.implicit and not self.state.ext):
             raise SqldError("ROLLBACK TO SAVEPOINT can only be used in transaction blocks", sqlstate="25P01")
-        conn = self.tx_conn
+        conn = self.tx.conn
         # A savepoint that is not there (never made, released, or rolled back past) is an
         # error that fails the transaction, as in PostgreSQL: its COMMIT answers ROLLBACK.
         if conn is None or not conn.in_transaction():
@@ -943,12 +934,12 @@ class SchedulerService:
         except Exception:
             self._fail()
             raise
-        self.failed = False
+        self.tx.recover()
         return StaticCursor(None, [], "ROLLBACK")
 
     async def _run_in_tx(self, stmt: Statement, tag: str):
         # Savepoints live on the writer: they could not follow a move from a reader.
-        conn = await (self._tx_connection() if self.read_only_tx else self._tx_writer())
+        conn = await (self._tx_connection() if self.tx.read_only else self._tx_writer())
         try:
             await self._in_thread(conn, conn.run, stmt.sql)
         except Exception as exc:
@@ -964,7 +955,7 @@ class SchedulerService:
     async def terminate(self) -> None:
         """The session ended: roll back its transaction at once (shielded from cancellation)."""
         with anyio.CancelScope(shield=True):
-            if self.in_tx:
+            if self.tx.open:
                 try:
                     await self._end_tx("rollback")
                 except Exception as exc:  # the session is gone; nothing to tell it

@@ -21,6 +21,7 @@ from sqld.services.compat import CompatService, Limits, initial_settings
 from sqld.services.forward import ForwardingService, PrimaryUnavailable
 from sqld.services.logging import LoggingService
 from sqld.services.stack import SessionStackFactory
+from sqld.services.transaction import Transaction
 from sqld.sqltext import parse_one
 
 pytestmark = pytest.mark.anyio
@@ -122,12 +123,12 @@ class FakeLocal:
 
     def __init__(self) -> None:
         self.seen: list = []
-        self.in_tx = False
-        self.tx_conn = None
-        self.read_only_tx = False
-        self.failed = False
+        self.tx = Transaction()
         self.snapshot_seq = 0
-        self.status = b"I"
+
+    @property
+    def status(self) -> bytes:
+        return self.tx.status
 
     async def __call__(self, request):
         self.seen.append(request)
@@ -135,10 +136,11 @@ class FakeLocal:
         if kind is Execute:
             verb = request.statement.verb
             if verb in ("BEGIN", "START"):
-                self.in_tx, self.tx_conn, self.status = True, object(), b"T"
+                self.tx.begin()
+                self.tx.conn = object()
                 return StaticCursor(None, [], "BEGIN")
             if verb in ("ROLLBACK", "COMMIT"):
-                self.in_tx, self.tx_conn, self.status = False, None, b"I"
+                self.tx.end()
                 return StaticCursor(None, [], verb)
             if request.statement.sql.startswith("select"):
                 return StaticCursor(None, [("local",)], "SELECT")
