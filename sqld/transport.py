@@ -112,6 +112,12 @@ class StreamProtocol(asyncio.Protocol):
 
 
 class ProtocolStream(anyio.abc.ByteStream):
+    """The client's socket as PgConnection drives it: an anyio ByteStream (``receive``,
+    ``send`` with a stall limit, ``send_eof``, ``aclose``) plus what the protocol asks of
+    the transport and the kernel: ``start_tls`` (after SSLRequest), ``watch_close`` (a
+    client that goes away while its statement runs), ``unread``, ``probe``,
+    ``reset_by_peer``, ``peer_closed`` and ``peek_unread`` (COPY's end, a half-close)."""
+
     def __init__(self, protocol: StreamProtocol) -> None:
         self._p = protocol
         self._closed = False

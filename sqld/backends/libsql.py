@@ -315,14 +315,17 @@ class LibsqlConnection:
 
     def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run a statement that returns no rows once per parameter tuple (apsw's
-        executemany: prepared once); the rows it changed. It stops at the first error."""
+        executemany: prepared once); the rows it changed, each execution's as ``changes``
+        counts them (not what its triggers changed; none for a row a trigger's RAISE(IGNORE)
+        skipped). It stops at the first error."""
         self._reset_authorizer()
-        before = self.apsw.total_changes()
         cur = self.apsw.cursor()
-        started = 0
+        started = changed = 0
 
         def trace(cursor, statement, bindings) -> bool:
-            nonlocal started
+            nonlocal started, changed
+            if started:
+                changed += self.apsw.changes()  # the execution before this one's
             started += 1
             return self._trace(cursor, statement, bindings)
 
@@ -346,7 +349,7 @@ class LibsqlConnection:
             raise
         finally:
             self._close_cursor(cur)
-        return self.apsw.total_changes() - before
+        return changed + self.apsw.changes() if started else 0
 
     def changes(self) -> int:
         return self.apsw.changes()

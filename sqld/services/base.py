@@ -302,7 +302,8 @@ class Cursor(Protocol):
     fetched; ``done`` says no more are to come. ``tag`` is the command tag once done.
     ``notice`` is a warning to send before the rows; ``orphaned`` says the transaction the
     rows were read in has ended (the portal is gone, as in PostgreSQL); ``after`` what the
-    driver does once the statement is answered.
+    driver does once the statement is answered; ``changes`` the rows the statement changed,
+    once done (None for a statement that changes none).
     """
 
     columns: tuple[Column, ...] | None
@@ -311,6 +312,7 @@ class Cursor(Protocol):
     notice: str | None
     orphaned: bool
     after: After | None
+    changes: int | None
 
     async def fetch(self, n: int) -> None: ...
 
@@ -329,6 +331,7 @@ class StaticCursor:
     notice: str | None = None
     done: bool = True
     after: After | None = None
+    changes: int | None = None
     orphaned = False
 
     async def fetch(self, n: int) -> None:

@@ -85,8 +85,7 @@ class _Copy:
         """Once the client has closed its side, whether what it sent ends the COPY (a
         CopyDone or CopyFail among the bytes not yet read); None while it may send more, or
         where that cannot be seen (TLS: the kernel's bytes are encrypted)."""
-        closed = getattr(self.conn.stream, "peer_closed", None)
-        if closed is None or not closed():
+        if not self.conn.stream.peer_closed():
             return None
         unread = self.conn.stream.peek_unread()
         if unread is None:
@@ -158,7 +157,8 @@ class _Copy:
         if own_tx:
             await (await self.conn.service(Execute(_BEGIN))).close()
         reader = copyformat.RowReader(spec, columns, force_null, force_not_null)
-        count = 0
+        count = 0   # rows read (for the line numbers in errors)
+        copied = 0  # rows inserted (the tag: a trigger's RAISE(IGNORE) skips some)
         error: SqldError | None = None
         ended = False
         # The statement timeout covers the whole COPY, not each row's insert.
@@ -179,7 +179,7 @@ class _Copy:
                                     detail=f"COPY {spec.table}: {count} rows in")
 
         async def insert_rows(rows) -> None:
-            nonlocal count
+            nonlocal count, copied
             check_stop()
             bad = None
             width = len(columns)
@@ -201,7 +201,7 @@ class _Copy:
                 # a malformed one go in first: an error among them is the COPY's error, as
                 # when rows are inserted one by one.
                 try:
-                    await self.conn.service(ExecuteMany(insert, batch, pipelined, deadline))
+                    copied += await self.conn.service(ExecuteMany(insert, batch, pipelined, deadline))
                 except SqldError as err:
                     row = getattr(err, "row", None)
                     if row is not None and err.detail is None and 0 <= row < len(batch):
@@ -280,5 +280,5 @@ class _Copy:
                 await self.conn.service(Abort())
         if error is not None:
             raise error
-        self.conn.write(m.CommandComplete(f"COPY {count}").encode())
+        self.conn.write(m.CommandComplete(f"COPY {copied}").encode())
 

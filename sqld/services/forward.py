@@ -92,7 +92,7 @@ class ForwardingService:
             for params in request.rows:
                 cur = await self.execute(Execute(request.statement, params, 1, request.pipelined))
                 await cur.close()
-                changed += 1
+                changed += cur.changes or 0
             return changed
         if kind is Describe:
             return await self.describe(request)
@@ -426,7 +426,7 @@ class ForwardingService:
         if result.has_rows:
             decltypes = result.decltypes or [None] * len(result.names)
             columns = tuple(Column(n, d) for n, d in zip(result.names, decltypes))
-        return StaticCursor(columns, result.rows, result.tag or stmt.verb)
+        return StaticCursor(columns, result.rows, result.tag or stmt.verb, changes=result.changes)
 
 
 def _reported_frame(remote: AsyncWire) -> tuple[int, bytes] | None:

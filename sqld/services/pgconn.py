@@ -123,7 +123,7 @@ class PgConnectionFactory:
         self.active = 0
         self.max_message_size = max_message_size
 
-    async def __call__(self, stream: anyio.abc.ByteStream) -> None:
+    async def __call__(self, stream: ProtocolStream) -> None:
         conn = PgConnection(self, stream)
         await conn.run()
 
@@ -133,7 +133,7 @@ class _Gone(Exception):
 
 
 class PgConnection:
-    def __init__(self, factory: PgConnectionFactory, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, factory: PgConnectionFactory, stream: ProtocolStream) -> None:
         self.factory = factory
         self.stream = stream
         self.protocol = ServerConnection(factory.max_message_size)  # phases, framing, buffered replies
@@ -165,7 +165,7 @@ class PgConnection:
         if broken or self.replication is not None:
             state.client_gone = time.monotonic()
             return
-        if self.decoder.has_message() or getattr(self.stream, "unread", 0):
+        if self.decoder.has_message() or self.stream.unread:
             return  # it sent more: the answers to it will tell (a closed socket resets)
         # A FIN with nothing left to handle: a half-close (the client reads on) or a client
         # that is gone (killed). Something harmless is written; a closed socket answers it
@@ -174,11 +174,10 @@ class PgConnection:
         asyncio.get_running_loop().call_later(PROBE_WAIT, self._after_probe)
 
     def _probe(self) -> None:
-        probe = getattr(self.stream, "probe", None)
-        if probe is not None and self.state is not None:
+        if self.state is not None:
             # A ParameterStatus may come at any time (protocol 55.2.7); this one repeats a value.
             name = "application_name"
-            probe(m.ParameterStatus(name, self.state.settings.get(name, "")).encode())
+            self.stream.probe(m.ParameterStatus(name, self.state.settings.get(name, "")).encode())
 
     def _after_probe(self) -> None:
         state = self.state
@@ -332,8 +331,6 @@ class PgConnection:
         """After a FATAL error, before closing: end the sending side and read (discarding)
         what the client still sends, for a moment. Closing with its bytes unread would make
         the kernel answer with a reset, which throws away the error not yet read."""
-        if not isinstance(self.stream, ProtocolStream):
-            return
         with anyio.move_on_after(LINGER):
             try:
                 await self.stream.send_eof()
@@ -372,8 +369,7 @@ class PgConnection:
             if msg is NEED_DATA:
                 await self.receive()
                 continue
-            if isinstance(msg, m.SSLRequest) and self.factory.tls is not None and not self.tls \
-                    and hasattr(self.stream, "start_tls"):
+            if isinstance(msg, m.SSLRequest) and self.factory.tls is not None and not self.tls:
                 if self.decoder.buffered:  # bytes after the request would be in the clear
                     raise ProtocolViolation("received unencrypted data after SSL request")
                 await self.stream.send(b"S")
@@ -422,12 +418,10 @@ class PgConnection:
         state.ext = params.get(ext.EXT_PARAM) == "1"
         state.read_only_user = account is not None and account.read_only
         self.state = state
-        watch = getattr(self.stream, "watch_close", None)
-        if watch is not None:
-            # The socket is watched while a statement runs: a client that goes away has its
-            # statements cancelled (SessionState.cancelled), as PostgreSQL's
-            # client_connection_check_interval does, rather than run them for nobody.
-            watch(self._client_gone)
+        # The socket is watched while a statement runs: a client that goes away has its
+        # statements cancelled (SessionState.cancelled), as PostgreSQL's
+        # client_connection_check_interval does, rather than run them for nobody.
+        self.stream.watch_close(self._client_gone)
         try:
             if replication not in (None, "false", "0", "off", "no"):
                 self.replication = await self.factory.replication(state)  # may refuse the user
@@ -449,7 +443,7 @@ class PgConnection:
         return True
 
     def peer(self) -> str | None:
-        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None) if hasattr(self.stream, "extra") else None
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         try:
             return sock.getpeername()[0] if sock is not None else None
         except OSError:

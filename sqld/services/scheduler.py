@@ -237,6 +237,10 @@ class ResultCursor:
             release()
 
     @property
+    def changes(self) -> int | None:
+        return self._changes
+
+    @property
     def orphaned(self) -> bool:
         """Its transaction ended (COMMIT or ROLLBACK in the same batch): PostgreSQL drops such a
         portal; its connection went back to the pool, and reading on would read nothing."""
@@ -656,7 +660,7 @@ class SchedulerService:
             for params in req.rows:
                 cur = await self.execute(Execute(stmt, params, 1, req.pipelined))
                 await cur.close()
-                changed += cur._changes or 0
+                changed += cur.changes or 0
             return changed
         try:
             conn = await self._tx_writer_for(stmt)

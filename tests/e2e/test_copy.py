@@ -93,3 +93,22 @@ def test_a_constraint_error_names_the_line_of_the_copy(sqld_server, table_name):
                 copy.write(b"id,v\n1,a\n2,\n")
         assert e.value.diag.message_detail == f"COPY {table_name}, line 3"
         assert c.execute(f"select count(*) from {table_name}").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["autocommit", "in-transaction"])
+def test_the_copy_tag_counts_rows_inserted_not_skipped_nor_written_by_triggers(sqld_server, table_name, in_tx):
+    """PostgreSQL's COPY count: rows a BEFORE trigger skipped (RAISE(IGNORE)) are not copied,
+    rows a trigger wrote elsewhere are not this COPY's."""
+    with psycopg.connect(sqld_server.dsn(), autocommit=not in_tx) as c:
+        c.execute(f"create table {table_name}(id integer primary key, v text)")
+        c.execute(f"create table {table_name}_log(id)")
+        c.execute(f"create trigger {table_name}_skip before insert on {table_name} when new.v = 'skip' "
+                  "begin select raise(ignore); end")
+        c.execute(f"create trigger {table_name}_audit after insert on {table_name} "
+                  f"begin insert into {table_name}_log values (new.id); insert into {table_name}_log values (-new.id); end")
+        with c.cursor() as cur:
+            with cur.copy(f"COPY {table_name} (id, v) FROM STDIN") as copy:
+                copy.write(b"1\ta\n2\tskip\n3\tb\n4\tskip\n5\tc\n")
+            assert cur.rowcount == 3
+        assert c.execute(f"select count(*) from {table_name}_log").fetchone() == (6,)
+        c.commit()

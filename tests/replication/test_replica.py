@@ -530,3 +530,31 @@ def test_a_transaction_lost_with_the_primary_stays_aborted(pair):
     with psycopg.connect(primary.dsn(), autocommit=True) as p:
         got = {v for (v,) in p.execute("select v from t")}
     assert {"before", "after restart"} <= got and not {"lost-a", "lost-b", "lost-c"} & got
+
+
+def test_copy_through_the_replica_counts_the_rows_the_primary_changed(pair):
+    """COPY FROM STDIN on a replica: each row is forwarded; the tag counts the rows the primary
+    inserted (a BEFORE trigger's RAISE(IGNORE) skips some), in autocommit and in a transaction."""
+    primary, replica = pair
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table c(id integer primary key, v text)")
+        c.execute("create trigger c_skip before insert on c when new.v = 'skip' "
+                  "begin select raise(ignore); end")
+    wait_caught_up(replica, primary)
+    rows = [(1, "a"), (2, "skip"), (3, "b"), (4, "skip"), (5, "c")]
+    with psycopg.connect(replica.dsn(), autocommit=True) as c:
+        with c.cursor() as cur:
+            with cur.copy("copy c(id, v) from stdin") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            assert cur.rowcount == 3
+        with c.transaction():
+            with c.cursor() as cur:
+                with cur.copy("copy c(id, v) from stdin") as copy:
+                    for n, v in rows:
+                        copy.write_row((n + 10, v))
+                assert cur.rowcount == 3
+        # read your writes: the replica shows the copied rows at once
+        assert c.execute("select count(*) from c").fetchone() == (6,)
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        assert c.execute("select id from c order by id").fetchall() == [(1,), (3,), (5,), (11,), (13,), (15,)]
