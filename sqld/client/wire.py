@@ -22,7 +22,54 @@ class WireError(Exception):
     """The connection failed (refused, dropped, or the peer broke the protocol)."""
 
 
-class WireConnection:
+class OverCore:
+    """What the blocking and the async wrapper of the core share: what the server reported
+    (as the core keeps it), and how a connection's end is told (``lost``, the WireError's
+    message). Subclasses set ``conn``, ``host``, ``port``."""
+
+    conn: ClientConnection
+    host: str
+    port: int
+    closed: bool = False
+    lost: str | None = None  # why the connection ended, if the server or the network ended it
+
+    @property
+    def status(self) -> bytes:
+        return self.conn.status
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.conn.params
+
+    @property
+    def key(self):
+        return self.conn.key
+
+    @property
+    def total_changes(self) -> int:
+        return self.conn.total_changes
+
+    def _ended_by_server(self, exc: ServerError) -> bool:
+        """After a ServerError: whether it was FATAL (the server ends the session)."""
+        if self.conn.ended is None:
+            return False
+        self.closed = True
+        self.lost = f"the server ended the session: {exc.response.message}"
+        return True
+
+    def _lost_to(self, exc: BaseException | None) -> WireError:
+        """The connection is gone (network, or a server that broke the protocol): say why."""
+        self.closed = True
+        where = f"sqld at {self.host}:{self.port}"
+        if exc is None or isinstance(exc, (OSError, EOFError)) or type(exc).__module__.startswith("anyio"):
+            reason = getattr(exc, "strerror", None) or str(exc or "") or (type(exc).__name__ if exc else "closed")
+            self.lost = f"the connection to {where} was lost: {reason}"
+        else:
+            self.lost = f"{where} broke the protocol: {exc}"
+        return WireError(self.lost)
+
+
+class WireConnection(OverCore):
     def __init__(self, host: str, port: int, *, user: str, database: str, password: str | None = None,
                  timeout: float | None = 5.0, application_name: str = "sqld.client",
                  lock_timeout: float | None = None, cache_size: int = 128, options: dict | None = None,
@@ -41,8 +88,6 @@ class WireConnection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _keepalive(self.sock)
         self.host, self.port = host, port
-        self.closed = False
-        self.lost: str | None = None  # why the server ended the session, if it did
         startup = {"application_name": application_name}
         if lock_timeout is not None:  # sqlite3's timeout=0: do not wait at all (1 ms here)
             startup["lock_timeout"] = f"{max(1, int(lock_timeout * 1000))}ms"
@@ -70,23 +115,6 @@ class WireConnection:
         if tls_agreed(self.sock.recv(1), sslmode, f"sqld at {host}"):
             self.sock = context.wrap_socket(self.sock, server_hostname=host)
 
-    # what the server reported, as the core keeps it
-    @property
-    def status(self) -> bytes:
-        return self.conn.status
-
-    @property
-    def params(self) -> dict[str, str]:
-        return self.conn.params
-
-    @property
-    def key(self):
-        return self.conn.key
-
-    @property
-    def total_changes(self) -> int:
-        return self.conn.total_changes
-
     # -- bytes ------------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
@@ -113,13 +141,8 @@ class WireConnection:
             try:
                 result = self.conn.next_result()
             except ServerError as exc:
-                if self.conn.ended is not None:  # a FATAL error: the server ends the session
-                    self.closed = True
-                    self.lost = f"the server ended the session: {exc.response.message}"
-                    try:
-                        self.sock.close()
-                    except OSError:
-                        pass
+                if self._ended_by_server(exc):
+                    self._close_socket()
                 raise
             except Exception as exc:  # a server that breaks the protocol
                 self._broken(exc)
@@ -128,14 +151,15 @@ class WireConnection:
             self._feed()
 
     def _broken(self, exc):
-        self.closed = True
-        self.lost = f"the connection to sqld was lost{': ' + str(exc) if exc else ''}"
+        error = self._lost_to(exc)
+        self._close_socket()
+        raise error from None
+
+    def _close_socket(self) -> None:
         try:
             self.sock.close()
         except OSError:
             pass
-        why = f": {exc}" if exc else ""
-        raise WireError(f"the connection to sqld was lost{why}") from None
 
     # -- statements -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from sqld.client.wire import WireError
+from sqld.client.wire import OverCore, WireError
 from sqld.pgwire.client import (SSL_REQUEST, ClientConnection, ConnectError, Described, Result, ServerError,
                                 tls_agreed, tls_context)
 from sqld.pgwire import messages as m
@@ -25,15 +25,13 @@ _LOST = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedReso
 READ_SIZE = 1 << 20
 
 
-class AsyncWire:
+class AsyncWire(OverCore):
     """Made by ``connect``; one request at a time."""
 
     def __init__(self, stream: anyio.abc.ByteStream, conn: ClientConnection, host: str, port: int) -> None:
         self.stream = stream
         self.conn = conn
         self.host, self.port = host, port
-        self.closed = False
-        self.lost: str | None = None  # why the connection ended, if the server or the network ended it
 
     @classmethod
     async def connect(cls, host: str, port: int, *, user: str, database: str, password: str | None = None,
@@ -76,19 +74,6 @@ class AsyncWire:
             raise
         return cls(stream, conn, host, port)
 
-    # what the server reported, as the core keeps it
-    @property
-    def status(self) -> bytes:
-        return self.conn.status
-
-    @property
-    def params(self) -> dict[str, str]:
-        return self.conn.params
-
-    @property
-    def total_changes(self) -> int:
-        return self.conn.total_changes
-
     # -- bytes ------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
@@ -123,19 +108,15 @@ class AsyncWire:
                     return result
                 await self._receive(None)
         except ServerError as exc:
-            done = self.conn.ended is None
-            if not done:
-                self.lost = f"the server ended the session: {exc.response.message}"
+            if self._ended_by_server(exc):
+                await _close_quietly(self.stream)
+            done = True
             raise
-        except _LOST as exc:
-            reason = getattr(exc, "strerror", None) or exc or type(exc).__name__
-            why = f"the connection to {self.host}:{self.port} was lost: {reason}"
-            await self._broken(why)
-            raise WireError(why) from None
-        except Exception as exc:  # a server that breaks the protocol
-            why = f"{self.host}:{self.port} broke the protocol: {exc}"
-            await self._broken(why)
-            raise WireError(why) from None
+        except Exception as exc:  # the network, or a server that breaks the protocol
+            error = self._lost_to(exc)
+            await _close_quietly(self.stream)
+            done = True
+            raise error from None
         finally:
             if not done and not self.closed:
                 with anyio.CancelScope(shield=True):
