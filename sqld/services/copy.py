@@ -160,7 +160,6 @@ class _Copy:
         count = 0   # rows read (for the line numbers in errors)
         copied = 0  # rows inserted (the tag: a trigger's RAISE(IGNORE) skips some)
         error: SqldError | None = None
-        ended = False
         # The statement timeout covers the whole COPY, not each row's insert.
         limit = self.conn.state.statement_timeout
         deadline = time.monotonic() + limit if limit else None
@@ -217,59 +216,45 @@ class _Copy:
         while True:
             msg = self.conn.protocol.next_message()  # CopyData, CopyDone, CopyFail (Flush, Sync dropped)
             if msg is NEED_DATA:
-                if pending:
-                    try:
+                try:
+                    if pending:
                         rows, pending = pending, []
                         await insert_rows(rows)
-                    except QueryCanceled as exc:
-                        error = error or exc
-                        break
-                    except SqldError as exc:
-                        if exc.severity == "FATAL":
-                            raise
-                        error = error or exc  # keep reading until the client ends the copy
-                    continue
-                if error is None:
-                    try:
+                    else:
                         await self._receive(deadline)
                         check_stop()
-                    except QueryCanceled as exc:
-                        error = exc
-                        break
-                else:
-                    await self.conn.receive()
+                except SqldError as exc:
+                    if exc.severity == "FATAL":
+                        raise
+                    error = exc
+                    break
                 continue
             mt = type(msg)
             try:
                 if mt is m.CopyData:
-                    if error is None:
-                        check_stop()  # a cancel request or the deadline, while rows come in
-                        pending += reader.feed(msg.data)
-                        if len(pending) >= COPY_BATCH:
-                            rows, pending = pending, []
-                            await insert_rows(rows)
+                    check_stop()  # a cancel request or the deadline, while rows come in
+                    pending += reader.feed(msg.data)
+                    if len(pending) >= COPY_BATCH:
+                        rows, pending = pending, []
+                        await insert_rows(rows)
                     continue
                 if mt is m.CopyDone:
-                    ended = True  # the copy is over, whatever its last line holds
                     self.watch.cancel()  # the client sent its end: done, whether it reads on or not
-                    if error is None:
-                        rows, pending = pending, []
-                        rows += reader.finish()
-                        await insert_rows(rows)
+                    rows, pending = pending, []
+                    rows += reader.finish()
+                    await insert_rows(rows)
                     break
                 # CopyFail
-                error = error or SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
+                error = SqldError(f"COPY from stdin failed: {msg.message}", sqlstate="57014")
                 break
             except SqldError as exc:
                 if exc.severity == "FATAL":
                     raise
-                pending = []
-                error = error or exc  # keep reading until the client ends the copy
-                if ended or isinstance(exc, QueryCanceled):
-                    # A cancel, the statement timeout or a client gone stops the COPY at once,
-                    # as in PostgreSQL: the error goes out now; the CopyData the client still
-                    # sends is ignored (outside COPY, or skipped to Sync).
-                    break
+                # A bad row, a constraint, a cancel, the statement timeout or a client gone
+                # stops the COPY at once, as in PostgreSQL: the error goes out now, and the
+                # CopyData the client still sends is ignored (outside COPY, or skipped to Sync).
+                error = exc
+                break
         if own_tx:
             with anyio.CancelScope(shield=True):
                 await (await self.conn.service(Execute(_ROLLBACK if error else _COMMIT))).close()

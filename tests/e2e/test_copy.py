@@ -112,3 +112,26 @@ def test_the_copy_tag_counts_rows_inserted_not_skipped_nor_written_by_triggers(s
             assert cur.rowcount == 3
         assert c.execute(f"select count(*) from {table_name}_log").fetchone() == (6,)
         c.commit()
+
+
+def test_a_bad_row_ends_the_copy_at_once_and_later_copy_data_is_ignored(sqld_server, table_name):
+    """As PostgreSQL: a row that fails (here a unique violation in the first batch) is
+    answered at once, ErrorResponse and ReadyForQuery, without waiting for CopyDone (a client
+    need not upload the rest of a large file); what the client still sends of the COPY is
+    dropped, and the session goes on."""
+    from sqld.pgwire import messages as m
+    from tests.rawclient import COPY_DONE, RawClient, copy_data, summary
+
+    with psycopg.connect(sqld_server.dsn(), autocommit=True) as c:
+        c.execute(f"create table {table_name}(id integer primary key)")
+    r = RawClient(sqld_server.host, sqld_server.port)
+    try:
+        r.sock.sendall(m.Query(f"copy {table_name} from stdin").encode() + copy_data(b"1\n1\n"))
+        assert type(r.recv()).__name__ == "CopyInResponse"
+        answer = r.until_ready()  # no CopyDone sent yet
+        assert summary(answer) == [("E", "23505"), ("Z", "I")]
+        r.sock.sendall(copy_data(b"2\n") + COPY_DONE)
+        assert summary(r.query(f"select count(*) from {table_name}"))[1:] == [("D", "0"), ("C", "SELECT 1"),
+                                                                              ("Z", "I")]
+    finally:
+        r.close()
