@@ -49,12 +49,28 @@ class Position:
 
 def bootstrap(primary: apsw.Connection, replica_path: str) -> None:
     """Make ``replica_path`` a consistent copy of the primary's database, in rollback mode."""
-    target = apsw.Connection(replica_path)
-    with target.backup("main", primary, "main") as b:
-        while not b.done:
-            b.step(-1)
-    target.execute("pragma journal_mode=delete").fetchall()
-    target.close()
+    copy_database(primary, replica_path)
+
+
+def copy_database(source: apsw.Connection, path: str, step: int = -1) -> None:
+    """Copy ``source``'s database (in its read transaction, if one is open) to a new file at
+    ``path``, in rollback-journal mode, with the source's schema cookie.
+
+    SQLite's backup sets the copy's cookie to one above the destination's old one (so 1),
+    not to the source's; pages of later commits then carry the primary's cookie, which can
+    be that same value although the schema changed (a primary at 0 creates its first
+    table: 1). Readers of the local copy would keep the schema they had, and never see the
+    table. With the source's cookie every schema change of the primary changes it here."""
+    cookie = source.execute("pragma schema_version").fetchall()[0][0]
+    target = apsw.Connection(path)
+    try:
+        with target.backup("main", source, "main") as b:
+            while not b.done:
+                b.step(step)
+        target.execute("pragma journal_mode=delete").fetchall()
+        target.execute(f"pragma schema_version = {int(cookie)}").fetchall()
+    finally:
+        target.close()
 
 
 def merge(txs: Iterable[Transaction]) -> Transaction:

@@ -22,6 +22,7 @@ from sqld.errors import ProtocolViolation, SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire import types as t
 from sqld.replication import protocol as p
+from sqld.replication.local_copy import copy_database
 from sqld.replication.log import LogError, SnapshotNeeded
 
 log = logging.getLogger(__name__)
@@ -140,14 +141,7 @@ async def _base_backup_now(conn, scheduler, capture) -> None:
                 frame, generation = capture.log.last_commit, capture.log.generation
 
         def copy() -> None:
-            dest = apsw.Connection(tmp)
-            try:
-                with dest.backup("main", reader, "main") as b:
-                    while not b.done:
-                        b.step(4096)
-                dest.execute("pragma journal_mode=delete").fetchall()
-            finally:
-                dest.close()
+            copy_database(reader, tmp, step=4096)
 
         await anyio.to_thread.run_sync(copy)
         reader.close()

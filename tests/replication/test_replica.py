@@ -558,3 +558,28 @@ def test_copy_through_the_replica_counts_the_rows_the_primary_changed(pair):
         assert c.execute("select count(*) from c").fetchone() == (6,)
     with psycopg.connect(primary.dsn(), autocommit=True) as c:
         assert c.execute("select id from c order by id").fetchall() == [(1,), (3,), (5,), (11,), (13,), (15,)]
+
+
+def test_a_replica_of_an_empty_database_sees_the_first_table(start_sqld, tmp_path):
+    """Found by the attack review: a replica bootstrapped from a primary with no tables
+    (schema cookie 0) got a snapshot with cookie 1 (SQLite's backup sets it so); the
+    primary's first CREATE TABLE made its cookie 1 too, so the replica's readers kept the
+    empty schema: 42P01 for ever, though the file had the table. The snapshot now carries the
+    primary's cookie."""
+    primary = start_sqld(db_path=tmp_path / "primary")
+    replica = replica_of(start_sqld, primary, db_path=tmp_path / "replica")
+    with psycopg.connect(replica.dsn(), autocommit=True) as r:
+        assert r.execute("select count(*) from sqlite_schema").fetchone() == (0,)  # readers load the schema
+        with psycopg.connect(primary.dsn(), autocommit=True) as p:
+            p.execute("create table first(id integer primary key, v text)")
+            p.execute("insert into first(v) values ('one')")
+        # (not wait_caught_up: its own CREATE TABLE would change the cookie again)
+        deadline = time.monotonic() + 30
+        while (st := status(replica))["applied"] != st["primary"] or not st["primary"]:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+        assert r.execute("select v from first").fetchall() == [("one",)]
+        r.execute("insert into first(v) values ('two')")  # forwarded, then read back here
+        assert r.execute("select v from first order by id").fetchall() == [("one",), ("two",)]
+    with psycopg.connect(replica.dsn(), autocommit=True) as r:
+        assert r.execute("select count(*) from first").fetchone() == (2,)
