@@ -178,7 +178,7 @@ class Follower:
                     return
                 if self.connected:
                     log.warning("replica: lost the primary %s:%d (%s); serving reads as of frame %d",
-                                self.host, self.port, exc or type(exc).__name__, self.applied)
+                                self.host, self.port, str(exc) or type(exc).__name__, self.applied)
             except Exception:  # e.g. the applier waited too long for a reader's lock: start over
                 log.exception("replica: following the primary failed; retrying")
             finally:

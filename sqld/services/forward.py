@@ -239,6 +239,9 @@ class ForwardingService:
 
     async def _end_implicit(self, how) -> None:
         self.tx.make_explicit()
+        if how is _ROLLBACK and self.remote is None:
+            self.tx.end()  # the forwarded connection was lost: the primary rolled it back
+            return
         try:
             with anyio.CancelScope(shield=how is _ROLLBACK):
                 await self._forward(Execute(how))
@@ -288,10 +291,13 @@ class ForwardingService:
         except SqldError as exc:
             if isinstance(exc, PrimaryUnavailable):
                 raise
-            if not self.state.ext:
+            ended = self.remote is not None and self.remote.status == b"I"
+            if ended and (self.state.ext or verb in ("COMMIT", "END")):
+                # A COMMIT that failed ends the transaction (PostgreSQL too); in sqlite3's
+                # semantics so does any error with which SQLite rolled it back.
+                self.tx.end()
+            elif not self.state.ext:
                 self.tx.fail()  # PostgreSQL's aborted state, until ROLLBACK
-            elif self.remote is not None and self.remote.status == b"I":
-                self.tx.end()  # sqlite3's semantics: the transaction goes on, unless SQLite ended it
             raise
         if verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words:
             self.tx.recover()
@@ -400,11 +406,13 @@ class ForwardingService:
                     if lost_tx else None) from None
             raise _as_error(value) from None
         if isinstance(value, WireError):
-            lost_tx = self._lost()
+            if self._lost():
+                raise PrimaryUnavailable(
+                    f"lost the primary in the middle of a transaction: {value}",
+                    detail="The open transaction on the primary was rolled back; ROLLBACK to end it here.") from None
             raise PrimaryUnavailable(
-                f"lost the connection to the primary: {value}",
-                detail="The open transaction on the primary was rolled back; ROLLBACK to end it here."
-                if lost_tx else None) from None
+                f"lost the primary while it ran the statement (whether it committed there is unknown): {value}",
+                hint="Check before retrying a statement that must not run twice.") from None
         raise value
 
     async def _forward(self, req: Execute):

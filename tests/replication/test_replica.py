@@ -583,3 +583,77 @@ def test_a_replica_of_an_empty_database_sees_the_first_table(start_sqld, tmp_pat
         assert r.execute("select v from first order by id").fetchall() == [("one",), ("two",)]
     with psycopg.connect(replica.dsn(), autocommit=True) as r:
         assert r.execute("select count(*) from first").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("client", ["psycopg", "sqld.client"])
+def test_an_error_that_ends_the_primary_transaction_ends_it_on_the_replica(pair, client):
+    """Found by the attack review: a forwarded transaction that the primary ended with an
+    error (a COMMIT failing on a deferred foreign key; for sqld.client, sqlite3's semantics,
+    also a trigger's RAISE(ROLLBACK)) stayed open on the replica. psycopg then got 25P02 where
+    the primary's own clients are idle; sqld.client's next insert, sent without BEGIN, was
+    autocommitted on the primary, and its ROLLBACK did not undo it."""
+    import sqld.client as sq
+
+    primary, replica = pair
+    with psycopg.connect(primary.dsn(), autocommit=True) as p:
+        p.execute("create table parent(id integer primary key)")
+        p.execute("create table child(id integer primary key, pid integer references parent(id) "
+                  "deferrable initially deferred, v text)")
+        p.execute("create trigger boom before insert on child when new.v = 'boom' "
+                  "begin select raise(rollback, 'rolled back'); end")
+    wait_caught_up(replica, primary)
+    if client == "psycopg":
+        with psycopg.connect(replica.dsn()) as c:
+            c.execute("insert into child(pid, v) values (99, 'orphan')")
+            with pytest.raises(psycopg.errors.ForeignKeyViolation):
+                c.commit()
+            assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            c.execute("insert into child(pid, v) values (null, 'next')")  # no 25P02
+            c.rollback()
+    else:
+        url = f"sqld://tester@{replica.host}:{replica.port}/main"
+        for ender in ("insert into child(v) values ('boom')", "commit"):
+            c = sq.connect(url)
+            try:
+                c.execute("insert into child(pid, v) values (99, 'a')")  # opens the transaction
+                assert c.in_transaction
+                with pytest.raises(sq.IntegrityError):
+                    if ender == "commit":
+                        c.commit()
+                    else:
+                        c.execute(ender)
+                assert not c.in_transaction
+                c.execute("insert into child(pid, v) values (null, 'rolled back by the client')")
+                assert c.in_transaction
+                c.rollback()
+            finally:
+                c.close()
+    with psycopg.connect(primary.dsn(), autocommit=True) as p:
+        assert p.execute("select v from child").fetchall() == []
+
+
+def test_losing_the_primary_inside_a_pipeline_is_an_error_not_the_end_of_the_session(pair):
+    """Found by the attack review: the primary lost while a pipeline's implicit transaction
+    was open on it; the Abort that follows the failed statement tried to roll it back over
+    the lost connection and its 08006 ended the client's session. Now: an ERROR, the batch
+    skipped to Sync, the session goes on once the primary is back."""
+    from sqld.pgwire import messages as m
+    from tests.rawclient import RawClient, summary
+
+    primary, replica = pair
+    r = RawClient(replica.host, replica.port)
+    try:
+        r.send(m.Parse("", "insert into t(v) values ('in the batch')"), m.Bind("", "", (), (), ()),
+               m.Execute("", 0), m.Flush())
+        assert summary([r.recv(), r.recv(), r.recv()]) == [("ParseComplete",), ("BindComplete",), ("C", "INSERT 0 1")]
+        assert primary.stop() == 0
+        primary.start()
+        r.send(m.Bind("", "", (), (), ()), m.Execute("", 0), m.Sync())
+        answer = summary(r.until_ready())
+        assert answer == [("BindComplete",), ("E", "08006"), ("Z", "I")], answer
+        assert summary(r.query("insert into t(v) values ('after')"))[-2:] == [("C", "INSERT 0 1"), ("Z", "I")]
+    finally:
+        r.close()
+    with psycopg.connect(primary.dsn(), autocommit=True) as p:
+        got = {v for (v,) in p.execute("select v from t")}
+    assert "after" in got and "in the batch" not in got
