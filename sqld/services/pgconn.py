@@ -29,7 +29,7 @@ from sqld.pgwire import types as t
 from sqld.pgwire.codec import NEED_DATA
 from sqld.pgwire.server import Phase, ServerConnection
 from sqld.services import copy, results
-from sqld.services.base import BATCH_ROWS, Abort, Describe, Execute, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
+from sqld.services.base import CLIENT_GONE_GRACE, BATCH_ROWS, Abort, Describe, Execute, Held, MessageMemory, Peek, SessionMemory, SessionState, Sync, Terminate
 from sqld.services.compat import initial_settings, is_reported, reported_name
 from sqld.sqltext import Statement, parse, parse_one
 from sqld.transport import ProtocolStream, SendTimeout
@@ -157,19 +157,16 @@ class PgConnection:
         """The transport saw the client close its side (``broken`` False: a FIN) or the
         connection end. A FIN does not tell a half-close (the client reads on: it gets every
         answer) from a killed client; what is sent next does: a closed socket answers it
-        with a reset. With whole messages still to handle, their answers will show it; with
-        none, a probe is written (``_probe``) and the kernel asked a moment later."""
+        with a reset. So a probe is written (``_probe``) and the kernel asked a moment later
+        — also when messages are still to handle: their answers come only once the running
+        statement ends (a Sync after an Execute that runs for minutes), too late to stop it."""
         state = self.state
         if state is None or state.client_gone:
             return
         if broken or self.replication is not None:
-            state.client_gone = time.monotonic()
+            self._gone_now()
             return
-        if self.decoder.has_message() or self.stream.unread:
-            return  # it sent more: the answers to it will tell (a closed socket resets)
-        # A FIN with nothing left to handle: a half-close (the client reads on) or a client
-        # that is gone (killed). Something harmless is written; a closed socket answers it
-        # with a reset.
+        # Something harmless is written; a closed socket answers it with a reset.
         self._probe()
         asyncio.get_running_loop().call_later(PROBE_WAIT, self._after_probe)
 
@@ -182,7 +179,20 @@ class PgConnection:
     def _after_probe(self) -> None:
         state = self.state
         if state is not None and not state.client_gone and self.stream.reset_by_peer():
-            state.client_gone = time.monotonic()
+            self._gone_now()
+
+    def _gone_now(self) -> None:
+        """The client is gone: its running statement stops after CLIENT_GONE_GRACE (its
+        stop conditions ask ``SessionState.cancelled``); one that waits elsewhere — a write
+        forwarded to the primary — is told then, as a CancelRequest would tell it."""
+        state = self.state
+        state.client_gone = time.monotonic()
+
+        def stop() -> None:
+            if state.on_cancel is not None and (state.executing or state.in_copy):
+                state.on_cancel()
+
+        asyncio.get_running_loop().call_later(CLIENT_GONE_GRACE, stop)
 
     async def flush(self) -> None:
         protocol = self.protocol

@@ -657,3 +657,42 @@ def test_losing_the_primary_inside_a_pipeline_is_an_error_not_the_end_of_the_ses
     with psycopg.connect(primary.dsn(), autocommit=True) as p:
         got = {v for (v,) in p.execute("select v from t")}
     assert "after" in got and "in the batch" not in got
+
+
+_LONG_WRITER = r"""
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    print("started", flush=True)
+    c.execute("insert into long(v) with recursive c(x) as (select 1 union all select x + 1 from c limit 100000000) "
+              "select 'abandoned-' || %s from c", (sys.argv[2],))
+"""
+
+
+@pytest.mark.parametrize("through", ["primary", "replica"])
+def test_a_killed_clients_long_autocommit_write_is_cancelled(pair, through):
+    """Found by the attack review: a client killed (-9) during a long autocommit INSERT sent
+    through the extended protocol (its Sync still unread behind the Execute) was not seen as
+    gone, so its 100-million-row write ran on, holding the writer, and committed for nobody;
+    through a replica the primary was never told. Now the FIN is probed whatever is still
+    unread, and a forwarded statement gets a CancelRequest once the client is gone."""
+    import subprocess
+    import sys
+
+    primary, replica = pair
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("create table long(v text)")
+    wait_caught_up(replica, primary)
+    server = primary if through == "primary" else replica
+    child = subprocess.Popen([sys.executable, "-c", _LONG_WRITER, server.dsn(), through], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"started\n"
+        time.sleep(1.0)  # the insert is running
+    finally:
+        child.kill()
+        child.wait(10)
+    # The next writer gets the writer long before the abandoned insert could have finished
+    # (it would hold it for about a minute here), and nothing of it was committed.
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        c.execute("set lock_timeout = '30s'")
+        c.execute("insert into t(v) values ('next writer')")
+        assert c.execute("select count(*) from long").fetchone() == (0,)
