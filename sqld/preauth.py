@@ -44,17 +44,16 @@ class Entry:
     evicted: bool = False
 
 
+@attrs.define(eq=False)
 class StartupGate:
-    def __init__(self, max_total: int = DEFAULT_MAX_STARTUPS, max_per_peer: int = DEFAULT_MAX_STARTUPS_PER_PEER,
-                 grace: float = GRACE, max_waiting: int = DEFAULT_MAX_WAITING) -> None:
-        self.max_total = max_total
-        self.max_per_peer = max_per_peer
-        self.grace = grace
-        self.max_waiting = max_waiting
-        self.by_peer: dict[str | None, list[Entry]] = {}  # each list oldest first
-        self.count = 0
-        self.waiting = 0
-        self._changed: anyio.Event | None = None  # set when a socket leaves
+    max_total: int = DEFAULT_MAX_STARTUPS
+    max_per_peer: int = DEFAULT_MAX_STARTUPS_PER_PEER
+    grace: float = GRACE
+    max_waiting: int = DEFAULT_MAX_WAITING
+    by_peer: dict[str | None, list[Entry]] = attrs.field(init=False, factory=dict)  # each list oldest first
+    count: int = attrs.field(init=False, default=0)
+    waiting: int = attrs.field(init=False, default=0)
+    _changed: anyio.Event | None = attrs.field(init=False, default=None)  # set when a socket leaves
 
     async def admit(self, peer: str | None) -> Entry:
         """A socket that starts up now: admitted at once, after evicting a stalled one, or

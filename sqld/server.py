@@ -8,12 +8,14 @@ import socket
 
 import anyio
 import anyio.abc
+import attrs
 
 from sqld.transport import StreamProtocol
 
 log = logging.getLogger(__name__)
 
 
+@attrs.define(eq=False)
 class Server:
     """Accepts sockets on ``host:port`` and runs ``factory(stream)`` for each, in one task group.
 
@@ -23,11 +25,10 @@ class Server:
     ``sqld.transport`` (see there why).
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.bound: list[tuple[str, int]] = []
-        self._sockets: list[socket.socket] = []
+    host: str
+    port: int
+    bound: list[tuple[str, int]] = attrs.field(init=False, factory=list)
+    _sockets: list[socket.socket] = attrs.field(init=False, factory=list)
 
     async def listen(self) -> list[tuple[str, int]]:
         """Bind the listening sockets (raises OSError, e.g. when the port is taken)."""

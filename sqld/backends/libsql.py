@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import apsw
+import attrs
 
 from sqld.backends import memory, sandbox
 from sqld.backends.base import BudgetExceeded, Column, Interrupted, NeedsOwnConnection, NeedsWriter, StatementInfo
@@ -383,6 +384,7 @@ class LibsqlConnection:
             pass
 
 
+@attrs.define(eq=False)
 class LibsqlBackend:
     """A SQLite file in WAL mode. One writer connection; readers opened on demand.
 
@@ -393,21 +395,18 @@ class LibsqlBackend:
 
     name = "libsql"
 
-    def __init__(self, db_path: str | os.PathLike, *, synchronous: str = "full", foreign_keys: bool = True,
-                 busy_timeout_ms: int = 5000, replication_log: bool = False,
-                 replication_log_max_bytes: int = 64 << 20, unsafe_sql: bool = False) -> None:
-        self.unsafe_sql = unsafe_sql
-        self.path = database_file(db_path)
-        self.replication_log = replication_log
-        self.replication_log_max_bytes = replication_log_max_bytes
-        self.capture = None
-        self.begin_write_after = None  # one process writes: its own commit count says it all
-        self.backup_source = None  # a base backup copies the file
-        self.synchronous = synchronous
-        self.foreign_keys = foreign_keys
-        self.busy_timeout_ms = busy_timeout_ms
-        self._writer: LibsqlConnection | None = None
-        self._readers: weakref.WeakSet[LibsqlConnection] = weakref.WeakSet()  # closed with the backend
+    path: Path = attrs.field(converter=database_file, alias="db_path")
+    synchronous: str = attrs.field(default="full", kw_only=True)
+    foreign_keys: bool = attrs.field(default=True, kw_only=True)
+    busy_timeout_ms: int = attrs.field(default=5000, kw_only=True)
+    replication_log: bool = attrs.field(default=False, kw_only=True)
+    replication_log_max_bytes: int = attrs.field(default=64 << 20, kw_only=True)
+    unsafe_sql: bool = attrs.field(default=False, kw_only=True)
+    capture: Any = attrs.field(init=False, default=None)  # open() makes it, with replication_log
+    begin_write_after: Any = attrs.field(init=False, default=None)  # one process writes: its own commit count says it all
+    backup_source: Any = attrs.field(init=False, default=None)  # a base backup copies the file
+    _writer: LibsqlConnection | None = attrs.field(init=False, default=None)
+    _readers: weakref.WeakSet[LibsqlConnection] = attrs.field(init=False, factory=weakref.WeakSet)  # closed with the backend
 
     def _configure(self, conn: apsw.Connection) -> None:
         conn.set_busy_timeout(self.busy_timeout_ms)

@@ -13,8 +13,10 @@ import os
 import threading
 import time
 import weakref
+from typing import Any
 
 import apsw
+import attrs
 
 from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
@@ -23,23 +25,22 @@ from sqld.errors import FeatureNotSupported
 log = logging.getLogger(__name__)
 
 
+@attrs.define(eq=False)
 class ReplicaBackend:
     name = "replica"
 
-    def __init__(self, path: str | os.PathLike, *, foreign_keys: bool = True, busy_timeout_ms: int = 30000,
-                 applier_idle: threading.Event | None = None, unsafe_sql: bool = False) -> None:
-        self.path = path
-        self.unsafe_sql = unsafe_sql
-        self.applier_idle = applier_idle  # set while the applier holds no lock
-        self._loop_thread = threading.get_ident()  # opened on the event loop's thread
-        self.foreign_keys = foreign_keys
-        self.busy_timeout_ms = busy_timeout_ms
-        self.capture = None
-        self.begin_write_after = None
-        self.backup_source = None
-        self._writer: LibsqlConnection | None = None
-        # Weak: readers the scheduler drops (drop_readers) are gone once closed.
-        self._readers: weakref.WeakSet[LibsqlConnection] = weakref.WeakSet()
+    path: str | os.PathLike
+    foreign_keys: bool = attrs.field(default=True, kw_only=True)
+    busy_timeout_ms: int = attrs.field(default=30000, kw_only=True)
+    applier_idle: threading.Event | None = attrs.field(default=None, kw_only=True)  # set while the applier holds no lock
+    unsafe_sql: bool = attrs.field(default=False, kw_only=True)
+    _loop_thread: int = attrs.field(init=False, factory=threading.get_ident)  # opened on the event loop's thread
+    capture: Any = attrs.field(init=False, default=None)
+    begin_write_after: Any = attrs.field(init=False, default=None)
+    backup_source: Any = attrs.field(init=False, default=None)
+    _writer: LibsqlConnection | None = attrs.field(init=False, default=None)
+    # Weak: readers the scheduler drops (drop_readers) are gone once closed.
+    _readers: weakref.WeakSet[LibsqlConnection] = attrs.field(init=False, factory=weakref.WeakSet)
 
     def _connect(self) -> LibsqlConnection:
         conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)

@@ -15,7 +15,10 @@ backend itself needs (the replication log's WAL hook; mvsqlite's journal and syn
 
 from __future__ import annotations
 
+from typing import Callable
+
 import apsw
+import attrs
 
 # Refused with any value (reading them is fine).
 _SETTING_PRAGMAS = frozenset((
@@ -54,18 +57,16 @@ MVSQLITE = frozenset(("journal_mode", "synchronous", "locking_mode"))
 POOLED, SESSION_OWNED = "pooled", "session-owned"
 
 
+@attrs.define(eq=False)
 class Authorizer:
     """An apsw authorizer with a memory: ``wants_own`` is set when it refused something only
     because its connection is shared (a temp object, a connection pragma); the connection
     turns that refusal into ``NeedsOwnConnection``."""
 
-    __slots__ = ("authorize", "wants_own", "vacuum", "running")
-
-    def __init__(self, authorize) -> None:
-        self.authorize = authorize
-        self.wants_own = False
-        self.vacuum = False  # a plain VACUUM is about to run: its own ATTACH '' is allowed, once
-        self.running = False  # the statement was prepared and runs: what is authorized now is SQLite's own
+    authorize: Callable[..., int]
+    wants_own: bool = attrs.field(init=False, default=False)
+    vacuum: bool = attrs.field(init=False, default=False)  # a plain VACUUM is about to run: its own ATTACH '' is allowed, once
+    running: bool = attrs.field(init=False, default=False)  # the statement was prepared and runs: what is authorized now is SQLite's own
 
     def reset(self) -> None:
         """A new statement is about to be prepared (the connection calls this)."""

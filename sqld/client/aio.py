@@ -17,14 +17,15 @@ import functools
 
 import anyio
 import anyio.to_thread
+import attrs
 
 import sqld.client as _sync
 
 
+@attrs.define(eq=False)
 class AsyncCursor:
-    def __init__(self, conn: AsyncConnection, cursor: _sync.Cursor) -> None:
-        self._conn = conn
-        self._cursor = cursor
+    _conn: AsyncConnection
+    _cursor: _sync.Cursor
 
     @property
     def description(self):
@@ -87,10 +88,10 @@ class AsyncCursor:
         await self.close()
 
 
+@attrs.define(eq=False)
 class AsyncConnection:
-    def __init__(self, conn: _sync.Connection) -> None:
-        self._conn = conn
-        self._limiter = anyio.CapacityLimiter(1)
+    _conn: _sync.Connection
+    _limiter: anyio.CapacityLimiter = attrs.field(init=False, factory=lambda: anyio.CapacityLimiter(1))
 
     async def _run(self, fn, *args):
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)

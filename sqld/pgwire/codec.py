@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import attrs
+
 from sqld.errors import ProtocolViolation
 from sqld.pgwire import messages as m
 
@@ -23,6 +25,7 @@ _LEN = struct.Struct("!I")
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
 
+@attrs.define(eq=False)
 class Decoder:
     """Splits a byte stream into messages of one direction.
 
@@ -31,11 +34,10 @@ class Decoder:
     type byte; ``next_startup`` reads that one.
     """
 
-    def __init__(self, table: dict, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._table = table
-        self.max_message_size = max_message_size
+    _buf: bytearray = attrs.field(init=False, factory=bytearray, repr=False)
+    _pos: int = attrs.field(init=False, default=0)
+    _table: dict = attrs.field(repr=False)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     def feed(self, data: bytes) -> None:
         if self._pos and self._pos == len(self._buf):

@@ -611,14 +611,18 @@ class RowReader:
                                 sqlstate="22P04")
 
 
+@attrs.frozen
 class RowWriter:
     """The lines of COPY … TO STDOUT, for columns ``names``."""
 
-    def __init__(self, spec: CopySpec, names, force_quote=frozenset()) -> None:
-        self.spec = spec
-        self.names = tuple(names)
-        self.force_quote = force_quote
-        self.single = len(self.names) == 1
+    spec: CopySpec
+    names: tuple = attrs.field(converter=tuple)
+    force_quote: frozenset[int] = frozenset()
+    single: bool = attrs.field(init=False)
+
+    @single.default
+    def _single(self) -> bool:
+        return len(self.names) == 1
 
     def header(self) -> bytes:
         return self._line(self.names, header=True)

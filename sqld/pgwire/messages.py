@@ -37,15 +37,13 @@ def _short_bytes(b: bytes | None) -> str:
     return b[:32].hex() + ("…" if len(b) > 32 else "")
 
 
+@attrs.define
 class _Reader:
     """Reads fields out of one untrusted payload; any overrun is a ProtocolViolation."""
 
-    __slots__ = ("buf", "pos", "what")
-
-    def __init__(self, buf: bytes, what: str) -> None:
-        self.buf = buf
-        self.pos = 0
-        self.what = what
+    buf: bytes = attrs.field(repr=_short_bytes)
+    pos: int = attrs.field(init=False, default=0)
+    what: str
 
     def _fail(self, why: str) -> ProtocolViolation:
         return ProtocolViolation(f"invalid {self.what} message: {why}")

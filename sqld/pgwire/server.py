@@ -22,18 +22,20 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+import attrs
+
 from sqld.errors import ProtocolViolation, SqldError
 from sqld.pgwire import messages as m
 from sqld.pgwire.codec import NEED_DATA, Decoder
 
 
+@attrs.frozen(eq=False)
 class Phase:
     """A phase of the conversation. Each knows, for the hot path, what may come in it
     (``allowed``: message type → (action, the phase it leads to or None), from ``TABLE``) and
     whether the session is inside something there (``busy``: a query, a batch not yet
     Synced, a COPY — it may hold the writer even where the status last told was I)."""
 
-    __slots__ = ("name", "busy", "allowed")
     STARTUP: ClassVar[Phase]      # the untyped first messages (StartupMessage, SSLRequest, CancelRequest …)
     AUTH: ClassVar[Phase]         # a password exchange under way
     READY: ClassVar[Phase]        # between queries: ReadyForQuery was the last answer
@@ -44,10 +46,9 @@ class Phase:
     REPLICATION: ClassVar[Phase]  # a replica's connection (replication/sender.py)
     ENDED: ClassVar[Phase]
 
-    def __init__(self, name: str, busy: bool = False) -> None:
-        self.name = name
-        self.busy = busy
-        self.allowed: dict[type, tuple[Action, Phase | None]] = {}
+    name: str
+    busy: bool = False
+    allowed: dict[type, tuple[Action, Phase | None]] = attrs.field(init=False, factory=dict)
 
     def __repr__(self) -> str:
         return f"Phase.{self.name.upper().replace('-', '_')}"

@@ -130,17 +130,18 @@ class _Entry:
     end: int | None = None  # the commit version that replaced it (None: still current)
 
 
+@attrs.define(eq=False, slots=False)  # not slotted: tests replace a method on an instance
 class PageCache:
     """Process-wide: page → hash entries kept valid by reading the change log, and page
     contents by hash (immutable, LRU-bounded)."""
 
-    def __init__(self, max_contents: int = 20_000) -> None:
-        self.lock = threading.RLock()
-        self.version = 0  # the change log has been read up to here
-        self.commits: list[int] = []  # recent commit versions, ascending (the log's keys)
-        self.entries: dict[int, _Entry] = {}
-        self.contents: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
-        self.max_contents = max_contents
+    max_contents: int = 20_000
+    lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
+    version: int = attrs.field(init=False, default=0)  # the change log has been read up to here
+    commits: list[int] = attrs.field(init=False, factory=list)  # recent commit versions, ascending (the log's keys)
+    entries: dict[int, _Entry] = attrs.field(init=False, factory=dict, repr=False)
+    contents: collections.OrderedDict[bytes, bytes] = attrs.field(init=False, factory=collections.OrderedDict,
+                                                                  repr=False)
 
     def advance(self, version: int, log: list[tuple[int, list[int]]]) -> None:
         """The change log entries (commit version, pages) in (self.version, version]."""
