@@ -189,13 +189,13 @@ class Limits:
         state.settings[name] = show_timeout(asked)
 
 
+@attrs.define(eq=False)
 class CompatService:
     """The compat layer: answers PostgreSQL-only statements, passes everything else inward."""
 
-    def __init__(self, inner, state: SessionState, limits: Limits | None = None) -> None:
-        self.inner = inner
-        self.state = state
-        self.limits = limits if limits is not None else Limits()
+    inner: object
+    state: SessionState
+    limits: Limits = attrs.Factory(lambda: Limits())
 
     async def __call__(self, request):
         rt = type(request)

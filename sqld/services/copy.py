@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import anyio
+import attrs
 
 from sqld.errors import QueryCanceled, SqldError
 from sqld.pgwire import copyformat
@@ -32,10 +33,10 @@ async def run(conn, stmt: Statement, extended: bool = False) -> None:
     await _Copy(conn).run(stmt, extended)
 
 
+@attrs.define(eq=False)
 class _Copy:
-    def __init__(self, conn) -> None:
-        self.conn = conn
-        self.watch = None  # the timer of _watch while a COPY FROM STDIN runs
+    conn: object  # the PgConnection
+    watch: object = None  # the timer of _watch while a COPY FROM STDIN runs
 
     async def run(self, stmt: Statement, extended: bool = False) -> None:
         spec = copyformat.parse(stmt.sql)

@@ -60,24 +60,24 @@ def replica_settings(settings: dict, wait_timeout: float) -> None:
     settings["in_hot_standby"] = "on"
 
 
+@attrs.define(eq=False)
 class ForwardingService:
-    def __init__(self, node, local, state, *, primary: tuple[str, int], database: str, account=None,
-                 connect=AsyncWire.connect) -> None:
-        self.node = node
-        self.account = account or PrimaryAccount()
-        self.local = local          # the SchedulerService on the local copy
-        self.state = state
-        self.primary = primary
-        self.database = database
-        self.remote: AsyncWire | None = None
-        self.connect = connect      # how the forwarded connection is opened (AsyncWire.connect)
-        # The transaction once it moved to the primary (its conn: the forwarded connection);
-        # before that, a transaction is the local scheduler's (``local.tx``).
-        self.tx = Transaction()
-        # read-your-writes: (frame, generation) of this session's last commit, None before
-        self.wait_frame: tuple[int, bytes] | None = None
-        self.sent: dict[str, str] = {}  # settings as the forwarded connection has them
-        self.on_close = None
+    node: object                # the Follower (its applied frame, its connection to the primary)
+    local: object               # the SchedulerService on the local copy
+    state: object               # the session's SessionState
+    primary: tuple[str, int] = attrs.field(kw_only=True)
+    database: str = attrs.field(kw_only=True)
+    account: PrimaryAccount = attrs.field(kw_only=True, default=None,
+                                          converter=lambda a: a if a is not None else PrimaryAccount())
+    connect: object = attrs.field(kw_only=True, default=AsyncWire.connect)  # opens the forwarded connection
+    remote: AsyncWire | None = attrs.field(init=False, default=None)
+    # The transaction once it moved to the primary (its conn: the forwarded connection);
+    # before that, a transaction is the local scheduler's (``local.tx``).
+    tx: Transaction = attrs.field(init=False, factory=Transaction)
+    # read-your-writes: (frame, generation) of this session's last commit, None before
+    wait_frame: tuple[int, bytes] | None = attrs.field(init=False, default=None)
+    sent: dict[str, str] = attrs.field(init=False, factory=dict)  # settings as the forwarded connection has them
+    on_close: object = attrs.field(init=False, default=None)
 
     @property
     def status(self) -> bytes:
@@ -483,18 +483,17 @@ class PrimaryAccount:
     sslrootcert: str | None = None
 
 
+@attrs.define(eq=False)
 class ReplicaSessions:
     """Each session of a replica: the replica service over the local scheduler. A replica
     serves one database, its primary's ``database`` (also reachable as ``main``)."""
 
-    def __init__(self, node, scheduler, *, primary: tuple[str, int], database: str, wait_timeout: float,
-                 account: PrimaryAccount | None = None) -> None:
-        self.node = node
-        self.account = account
-        self.scheduler = scheduler
-        self.primary = primary
-        self.database = database
-        self.wait_timeout = wait_timeout
+    node: object
+    scheduler: object
+    primary: tuple[str, int] = attrs.field(kw_only=True)
+    database: str = attrs.field(kw_only=True)
+    wait_timeout: float = attrs.field(kw_only=True)
+    account: PrimaryAccount | None = attrs.field(kw_only=True, default=None)
 
     async def __call__(self, state):
         from sqld.services.databases import UnknownDatabase

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 import time
 
+import attrs
+
 from sqld.errors import SqldError
 from sqld.services.base import Execute, SessionState
 
 log = logging.getLogger("sqld.query")
 
 
+@attrs.define(eq=False)
 class LoggingService:
-    def __init__(self, inner, state: SessionState, slow_seconds: float = 1.0) -> None:
-        self.inner = inner
-        self.state = state
-        self.slow = slow_seconds
+    """The logging layer: a failed statement at INFO, a slow one (``slow`` seconds to its
+    first rows) at WARNING, with the session's number."""
+
+    inner: object
+    state: SessionState
+    slow: float = 1.0
 
     async def __call__(self, request):
         if type(request) is not Execute:
