@@ -238,17 +238,18 @@ class LocalCopy:
         os.close(self.fd)
 
 
+@attrs.define(eq=False)
 class StateFile:
     """The redo record and position, in two slots written in turn (``PATH`` and ``PATH.1``),
     each record with a sequence number and a CRC over all of it. A write torn by a crash
     leaves the other slot whole; reading takes the valid record with the highest sequence.
     No rename, so no directory sync: one fsync per record when durable."""
 
-    def __init__(self, path: Path, durable: bool) -> None:
-        self.paths = (Path(path), Path(path).with_name(Path(path).name + ".1"))
-        self.durable = durable
-        self.seq = 0
-        self.slot = 1  # the slot written last
+    paths: tuple[Path, Path] = attrs.field(converter=lambda p: (Path(p), Path(p).with_name(Path(p).name + ".1")),
+                                           alias="path")
+    durable: bool
+    seq: int = attrs.field(init=False, default=0)
+    slot: int = attrs.field(init=False, default=1)  # the slot written last
 
     def exists(self) -> bool:
         return any(p.exists() for p in self.paths)

@@ -8,7 +8,7 @@ layer sees statements and parameters, never bytes, and knows nothing of the prot
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -41,18 +41,18 @@ class SchemaClock:
     value: int = 0
 
 
+@attrs.define(eq=False)
 class MessageMemory:
     """Bytes of large messages (over ``LARGE``) being received, all sessions together, under
     ``--max-message-memory-mb``: each session's message limit times many sessions would
     otherwise be the server's memory (30 partial 55 MB Binds: 1.7 GB). A message that finds
     no room waits for some; past its wait it fails its session (53200)."""
 
-    LARGE = 1 << 20
+    LARGE: ClassVar[int] = 1 << 20
 
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-        self._freed: anyio.Event | None = None  # made on the event loop, when first waited on
+    limit: int | None
+    used: int = attrs.field(init=False, default=0)
+    _freed: anyio.Event | None = attrs.field(init=False, default=None)  # made on the event loop, when first waited on
 
     async def reserve(self, size: int, wait: float, message: int) -> None:
         """Take ``size`` more bytes for a large message (of ``message`` bytes) as its bytes
@@ -80,16 +80,16 @@ class MessageMemory:
                 freed.set()
 
 
+@attrs.define(eq=False)
 class SessionMemory:
     """What one session keeps between its messages — prepared statements, portals with
     their parameters, settings — counted against ``--max-session-memory``: one session
     cannot take the server's memory with many 16 MiB Parse or SET messages."""
 
-    OVERHEAD = 256  # bytes per entry besides its text (its objects)
+    OVERHEAD: ClassVar[int] = 256  # bytes per entry besides its text (its objects)
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = limit
-        self.used = 0
+    limit: int | None = None
+    used: int = attrs.field(init=False, default=0)
 
     def take(self, n: int) -> None:
         if n > 0 and self.limit and self.used + n > self.limit:
