@@ -258,12 +258,11 @@ class ForwardingService:
         when the primary moved on since its reads."""
         if self.local.tx.read_only:
             raise ReadOnlyTransaction(f"cannot execute {stmt.verb} in a read-only transaction")
-        snapshot = self.local.snapshot_seq if self.local.tx.conn is not None else None
+        snapshot = self.local.tx.snapshot  # None: it read nothing yet
         await self.local(Execute(_ROLLBACK))  # ends the local snapshot (it only read)
         remote = await self._remote()
         await self._call(remote.run, "BEGIN IMMEDIATE")
         self.tx.begin(implicit=implicit)
-        self.tx.conn = remote
         reported = _reported_frame(remote)
         frame, generation = reported if reported else (0, None)
         if snapshot is not None and (frame > snapshot or generation != self.node.generation):
@@ -360,7 +359,6 @@ class ForwardingService:
             return
         if not self.tx.open:
             self.tx.begin()
-            self.tx.conn = self.remote
         if status == b"E":
             self.tx.fail()
 

@@ -290,7 +290,6 @@ class SchedulerService:
         self.state = state
         self.tx = Transaction()    # its conn: the backend connection the transaction runs on
         self.schema_dirty = False  # the open transaction changed the schema
-        self.snapshot_seq = 0      # Scheduler.commit_seq when the transaction's reads began
         self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
         # The session's own connection, once it made a temp object or set a connection
         # pragma (SQLite keeps those on the connection): from then on every statement of the
@@ -738,7 +737,7 @@ class SchedulerService:
             self._unlock_writer()
 
     async def _abandon_tx_conn(self) -> None:
-        conn, self.tx.conn = self.tx.conn, None
+        conn, self.tx.conn, self.tx.snapshot = self.tx.conn, None, None
         if conn is None:
             return
         with anyio.CancelScope(shield=True):
@@ -755,7 +754,7 @@ class SchedulerService:
         conn = await self._reader()
         # Taken before the snapshot starts: a commit racing with it can only make the
         # upgrade check below fail safe (a spurious 40001), never miss a change.
-        self.snapshot_seq = self.s.commit_seq
+        self.tx.snapshot = self.s.commit_seq
         try:
             conn.run("begin")
         except BaseException:
@@ -775,7 +774,7 @@ class SchedulerService:
         await self._lock_writer()
         begun = False
         if conn is not None:
-            if self.s.commit_seq != self.snapshot_seq:
+            if self.s.commit_seq != self.tx.snapshot:
                 self._unlock_writer()
                 raise SerializationFailure(
                     "could not serialize access due to concurrent update",

@@ -11,9 +11,11 @@ transaction moved to the primary).
 
 ``implicit`` marks a pipeline's implicit transaction (opened at its first write, ended at
 Sync; a BEGIN inside it makes it explicit). ``conn`` is what the transaction holds while
-open: the backend connection it runs on (scheduler) or the forwarded connection to the
-primary (forwarding); the machine never looks inside it. ``serial`` counts the
-transactions ended, so a cursor knows whether its transaction is still the session's.
+open, the backend connection it runs on, and ``snapshot`` the scheduler's commit sequence
+when its reads began (None before its first read): the scheduler's, which the machine never
+looks inside; forwarding keeps its connection to the primary for the whole session, so it
+leaves them unset. ``serial`` counts the transactions ended, so a cursor knows whether its
+transaction is still the session's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Transaction:
     implicit: bool = False   # a pipeline's implicit transaction, ended at Sync
     read_only: bool = False  # BEGIN … READ ONLY
     conn: object = None      # what it runs on, while open (see the module's docstring)
+    snapshot: int | None = None  # the scheduler's commit sequence when its reads began
     serial: int = 0          # transactions ended so far
 
     @property
@@ -62,5 +65,5 @@ class Transaction:
         if self.open:
             self.serial += 1
         self.open = self.failed = self.implicit = self.read_only = False
-        self.conn = None
+        self.conn = self.snapshot = None
         return conn

@@ -124,7 +124,6 @@ class FakeLocal:
     def __init__(self) -> None:
         self.seen: list = []
         self.tx = Transaction()
-        self.snapshot_seq = 0
 
     @property
     def status(self) -> bytes:
@@ -138,6 +137,7 @@ class FakeLocal:
             if verb in ("BEGIN", "START"):
                 self.tx.begin()
                 self.tx.conn = object()
+                self.tx.snapshot = 0
                 return StaticCursor(None, [], "BEGIN")
             if verb in ("ROLLBACK", "COMMIT"):
                 self.tx.end()
@@ -249,7 +249,7 @@ async def test_reads_stay_local_and_writes_go_to_the_primary_then_reads_wait_for
 async def test_a_transaction_that_read_moves_to_the_primary_at_its_first_write_or_fails_40001():
     service, local, node, primary, st, _ = forwarding(FakePrimary(frame=5))
     await service(execute("BEGIN"))
-    local.snapshot_seq = 5
+    local.tx.snapshot = 5
     await service(execute("select 1"))
     await service(execute("insert into t values (1)"))
     assert primary.ran[:2] == ["BEGIN IMMEDIATE", "insert into t values (1)"]
@@ -259,7 +259,7 @@ async def test_a_transaction_that_read_moves_to_the_primary_at_its_first_write_o
 
     service, local, node, primary, st, _ = forwarding(FakePrimary(frame=9))
     await service(execute("BEGIN"))
-    local.snapshot_seq = 5  # its reads saw frame 5; the primary is at 9
+    local.tx.snapshot = 5  # its reads saw frame 5; the primary is at 9
     with pytest.raises(SqldError) as err:
         await service(execute("update t set x = 2"))
     assert err.value.sqlstate == "40001" and primary.ran == ["BEGIN IMMEDIATE", "ROLLBACK"]

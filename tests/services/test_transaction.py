@@ -39,9 +39,9 @@ def test_end_hands_back_the_connection_and_counts_transactions():
     tx = Transaction()
     held = object()
     tx.begin()
-    tx.conn = held
+    tx.conn, tx.snapshot = held, 7
     assert tx.end() is held
-    assert tx.conn is None and tx.serial == 1
+    assert tx.conn is None and tx.snapshot is None and tx.serial == 1
     assert tx.end() is None  # ending an idle session's nothing counts nothing
     assert tx.serial == 1
     tx.begin()
