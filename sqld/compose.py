@@ -39,9 +39,8 @@ def _connections(config: Config, sessions, replication=None):
         replication=replication, auth=config.auth, tls=_tls_context(config), tls_required=config.tls_required,
         startup_timeout=config.startup_timeout, max_sql_length=config.max_sql_length,
         max_session_memory=config.max_session_memory_bytes or None,
-        max_message_memory=config.max_message_memory_bytes or None,
+        max_message_memory=config.max_message_memory_bytes or None, gate=_startup_gate(config),
     )
-    factory.gate = _startup_gate(config)
     return factory
 
 

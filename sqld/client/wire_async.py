@@ -11,6 +11,7 @@ import socket
 
 import anyio
 import anyio.abc
+import attrs
 from anyio.streams.tls import TLSStream
 
 from sqld.client.wire import OverCore, WireError
@@ -25,13 +26,16 @@ _LOST = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedReso
 READ_SIZE = 1 << 20
 
 
+@attrs.define(eq=False)
 class AsyncWire(OverCore):
     """Made by ``connect``; one request at a time."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, conn: ClientConnection, host: str, port: int) -> None:
-        self.stream = stream
-        self.conn = conn
-        self.host, self.port = host, port
+    stream: anyio.abc.ByteStream
+    conn: ClientConnection
+    host: str
+    port: int
+    closed: bool = attrs.field(init=False, default=False)
+    lost: str | None = attrs.field(init=False, default=None)  # OverCore's
 
     @classmethod
     async def connect(cls, host: str, port: int, *, user: str, database: str, password: str | None = None,

@@ -82,22 +82,22 @@ class Write:
         self.error, self.committed = None, False
 
 
+@attrs.define(eq=False)
 class CommitGroup:
     """The commit loop and its queue. ``run`` must be running (in the server's task group)
     for ``submit`` to be answered."""
 
-    def __init__(self, writer: Connection, writer_lock: anyio.Lock, limiter: anyio.CapacityLimiter,
-                 on_commit) -> None:
-        self.writer = writer
-        self.writer_lock = writer_lock
-        self.limiter = limiter
-        self.on_commit = on_commit
-        self.queue: list[Write] = []
-        self._wake = anyio.Event()
-        self.running = False
-        self._deferred, self._deferred_for = False, object()  # _has_deferred_constraints' cache
-        self.groups = 0      # statistics: groups committed …
-        self.statements = 0  # … and the statements in them
+    writer: Any  # the backend's writer connection
+    writer_lock: anyio.Lock
+    limiter: anyio.CapacityLimiter
+    on_commit: Any  # called after each group committed
+    queue: list[Write] = attrs.field(init=False, factory=list)
+    _wake: anyio.Event = attrs.field(init=False, factory=anyio.Event)
+    running: bool = attrs.field(init=False, default=False)
+    _deferred: bool = attrs.field(init=False, default=False)  # _has_deferred_constraints' cache …
+    _deferred_for: object = attrs.field(init=False, factory=object)  # … for this schema version
+    groups: int = attrs.field(init=False, default=0)      # statistics: groups committed …
+    statements: int = attrs.field(init=False, default=0)  # … and the statements in them
 
     async def submit(self, write: Write, timeout: float | None, error=None) -> Write:
         """Queue a write and wait for its group to commit; a timeout only stops a write that

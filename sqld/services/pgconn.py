@@ -19,6 +19,7 @@ import time
 
 import anyio
 import anyio.abc
+import attrs
 
 from sqld.auth import AuthFailed, NotAllowed, ScramExchange, is_loopback, md5_check, password_check
 from sqld.preauth import PREAUTH_MAX_MESSAGE, StartupGate
@@ -63,12 +64,12 @@ def _is_savepoint_command(stmt: Statement) -> bool:
     return stmt.verb in ("SAVEPOINT", "RELEASE") or (stmt.verb in ("ROLLBACK", "ABORT") and "TO" in stmt.words)
 
 
+@attrs.define(eq=False)
 class Registry:
     """Live sessions by BackendKeyData, for CancelRequest and shutdown."""
 
-    def __init__(self) -> None:
-        self.sessions: dict[int, SessionState] = {}
-        self._next_pid = 1000
+    sessions: dict[int, SessionState] = attrs.field(factory=dict)
+    _next_pid: int = 1000
 
     def new_state(self) -> SessionState:
         self._next_pid += 1
@@ -94,34 +95,35 @@ class Registry:
             state.cancel_requested = True
 
 
+@attrs.define(eq=False, kw_only=True)
 class PgConnectionFactory:
     """Makes the protocol driver for each accepted socket.
 
     ``session_factory`` builds the session's service stack (see ``services.stack``);
-    ``slots`` bounds the sessions served at once (the next one gets 53300).
+    ``max_connections`` bounds the sessions served at once (the next one gets 53300).
     """
 
-    def __init__(self, session_factory, *, max_connections: int = 100,
-                 max_message_size: int = 64 * 1024 * 1024, replication=None, auth=None, tls=None,
-                 tls_required: bool = False, startup_timeout: float = 60.0,
-                 max_sql_length: int = 16 * 1024 * 1024, max_session_memory: int | None = 64 << 20,
-                 max_message_memory: int | None = 256 << 20) -> None:
-        self.session_factory = session_factory
-        # Large messages being received, all sessions together (never below one whole message)
-        self.message_memory = MessageMemory(max_message_memory and max(max_message_memory, max_message_size))
-        self.max_session_memory = max_session_memory  # bytes a session keeps between messages
-        self.auth = auth  # an AuthConfig (None: trust, as with no users configured)
-        self.tls = tls  # an ssl.SSLContext, or None: SSLRequest is answered 'N'
-        self.tls_required = tls_required
-        self.startup_timeout = startup_timeout
-        self.max_sql_length = max_sql_length
-        self.gate = StartupGate()  # connections accepted and not yet authenticated (sqld.preauth)
-        # async (session state: user, database) -> Scheduler, for replication connections; None: refused
-        self.replication = replication
-        self.registry = Registry()
-        self.max_connections = max_connections
-        self.active = 0
-        self.max_message_size = max_message_size
+    session_factory: object = attrs.field(kw_only=False)
+    max_connections: int = 100
+    max_message_size: int = 64 * 1024 * 1024
+    # async (session state: user, database) -> Scheduler, for replication connections; None: refused
+    replication: object = None
+    auth: object = None  # an AuthConfig (None: trust, as with no users configured)
+    tls: object = None   # an ssl.SSLContext, or None: SSLRequest is answered 'N'
+    tls_required: bool = False
+    startup_timeout: float = 60.0
+    max_sql_length: int = 16 * 1024 * 1024
+    max_session_memory: int | None = 64 << 20  # bytes a session keeps between messages
+    # Large messages being received, all sessions together (never below one whole message)
+    max_message_memory: int | None = 256 << 20
+    message_memory: MessageMemory = attrs.field(init=False)
+    gate: StartupGate = attrs.field(factory=StartupGate)  # connections not yet authenticated (sqld.preauth)
+    registry: Registry = attrs.field(init=False, factory=Registry)
+    active: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        limit = self.max_message_memory
+        self.message_memory = MessageMemory(limit and max(limit, self.max_message_size))
 
     async def __call__(self, stream: ProtocolStream) -> None:
         conn = PgConnection(self, stream)

@@ -282,25 +282,29 @@ class ResultCursor:
             self._finish()
 
 
+@attrs.define(eq=False)
 class SchedulerService:
     """One session's view of the scheduler: its transaction and the connection it holds."""
 
-    def __init__(self, scheduler: Scheduler, state: SessionState) -> None:
-        self.s = scheduler
-        self.state = state
-        self.tx = Transaction()    # its conn: the backend connection the transaction runs on
-        self.schema_dirty = False  # the open transaction changed the schema
-        self.kept_readers: list[Connection] = []  # readers with portals, until the transaction ends
-        # The session's own connection, once it made a temp object or set a connection
-        # pragma (SQLite keeps those on the connection): from then on every statement of the
-        # session runs there, reads and writes; it writes only while holding the writer lock.
-        self.own: Connection | None = None
-        self.on_close = None  # called when the session ends (a private database is dropped)
-        # A replica's forwarded session asks to be told the replication log's last frame
-        # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
-        capture = scheduler.backend.capture
-        self.frame_source = capture if capture is not None and state.settings.get(ext.REPORT_FRAME) == "on" else None
-        self.frame_reported: tuple | None = None
+    s: Scheduler
+    state: SessionState
+    tx: Transaction = attrs.field(init=False, factory=Transaction)  # its conn: the backend connection it runs on
+    schema_dirty: bool = attrs.field(init=False, default=False)  # the open transaction changed the schema
+    kept_readers: list[Connection] = attrs.field(init=False, factory=list)  # readers with portals, until the tx ends
+    # The session's own connection, once it made a temp object or set a connection
+    # pragma (SQLite keeps those on the connection): from then on every statement of the
+    # session runs there, reads and writes; it writes only while holding the writer lock.
+    own: Connection | None = attrs.field(init=False, default=None)
+    on_close: object = attrs.field(init=False, default=None)  # called when the session ends (a private database is dropped)
+    # A replica's forwarded session asks to be told the replication log's last frame
+    # after each statement (sqld.frame), to wait for its own writes (docs/replication.md).
+    frame_source: object = attrs.field(init=False)
+    frame_reported: tuple | None = attrs.field(init=False, default=None)
+
+    @frame_source.default
+    def _frame_source(self):
+        capture = self.s.backend.capture
+        return capture if capture is not None and self.state.settings.get(ext.REPORT_FRAME) == "on" else None
 
     @property
     def status(self) -> bytes:
