@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import apsw
+import attrs
 
 from sqld.client.wire_async import AsyncWire, ServerError, WireError
 from sqld.errors import SqldError
@@ -42,31 +43,40 @@ class PrimaryError(Exception):
         self.sqlstate = sqlstate
 
 
+@attrs.define(eq=False)
 class Follower:
-    def __init__(self, primary_host: str, primary_port: int, db_file: Path, *, database: str = "main",
-                 user: str = "sqld-replica", password: str | None = None, sslmode: str = "prefer",
-                 sslrootcert: str | None = None, poll_interval: float = 0.5, durable: bool = False) -> None:
-        self.host, self.port = primary_host, primary_port
-        self.password = password
-        self.sslmode = sslmode
-        self.sslrootcert = sslrootcert
-        self.db_file = Path(db_file)
-        self.state_file = Path(str(db_file) + "-replica")
-        self.database = database
-        self.user = user
-        self.poll_interval = poll_interval
-        self.durable = durable
-        self.local_copy: LocalCopy | None = None
-        self.applied = 0          # the last frame applied here
-        self.primary_frame = 0    # the primary's last frame, as last heard
-        self.lag = 0.0            # seconds from the primary's commit to its apply here (last batch)
-        self.lags: collections.deque[float] = collections.deque(maxlen=10000)
-        self.connected = False
-        self.primary_generation: bytes | None = None  # the primary's history, as last heard
-        self.heard_at = 0.0       # monotonic time the primary was last heard from
-        self.on_apply = None      # (frame, schema_changed, replaced) -> None, on the event loop
-        self._progress = anyio.Event()
-        self._bootstrap_needed = False
+    """A replica's link to its primary: bootstraps the local copy, then applies the frames
+    the primary streams."""
+
+    host: str = attrs.field(alias="primary_host")
+    port: int = attrs.field(alias="primary_port")
+    db_file: Path = attrs.field(converter=Path)
+    database: str = attrs.field(kw_only=True, default="main")
+    user: str = attrs.field(kw_only=True, default="sqld-replica")
+    password: str | None = attrs.field(kw_only=True, default=None, repr=False)
+    sslmode: str = attrs.field(kw_only=True, default="prefer")
+    sslrootcert: str | None = attrs.field(kw_only=True, default=None)
+    poll_interval: float = attrs.field(kw_only=True, default=0.5)
+    durable: bool = attrs.field(kw_only=True, default=False)
+    state_file: Path = attrs.field(init=False)
+    local_copy: LocalCopy | None = attrs.field(init=False, default=None)
+    applied: int = attrs.field(init=False, default=0)          # the last frame applied here
+    primary_frame: int = attrs.field(init=False, default=0)    # the primary's last frame, as last heard
+    # Seconds from the primary's commit to its apply here (last batch), and the recent ones:
+    lag: float = attrs.field(init=False, default=0.0)
+    lags: collections.deque[float] = attrs.field(init=False, factory=lambda: collections.deque(maxlen=10000),
+                                                 repr=False)
+    connected: bool = attrs.field(init=False, default=False)
+    primary_generation: bytes | None = attrs.field(init=False, default=None)  # the primary's history, as last heard
+    heard_at: float = attrs.field(init=False, default=0.0)  # monotonic time the primary was last heard from
+    # (frame, schema_changed, replaced) -> None, called on the event loop:
+    on_apply: object = attrs.field(init=False, default=None)
+    _progress: anyio.Event = attrs.field(init=False, factory=anyio.Event, repr=False)
+    _bootstrap_needed: bool = attrs.field(init=False, default=False)
+
+    @state_file.default
+    def _state_file(self) -> Path:
+        return Path(str(self.db_file) + "-replica")
 
     @property
     def generation(self) -> bytes | None:

@@ -16,6 +16,7 @@ import threading
 import time
 
 import apsw
+import attrs
 
 from sqld.backends import sandbox
 from sqld.backends.libsql import LibsqlConnection
@@ -89,31 +90,35 @@ def _as_sqld_error(why) -> SqldError:
     return SqldError(f"FoundationDB: {why}", sqlstate="58030")
 
 
+@attrs.define(eq=False)
 class MvsqliteBackend:
     """A database whose pages are in FDB under ``prefix``: a writer and readers, each an
     apsw connection on the page-store VFS."""
 
     name = "mvsqlite"
 
-    def __init__(self, db: Database, prefix: bytes, *, foreign_keys: bool = True, page_size: int = 4096,
-                 gc_interval: float | None = 300.0, gc_retention: float = 600.0, unsafe_sql: bool = False,
-                 synchronous: str = "normal") -> None:
-        self.fdb = db
-        self.unsafe_sql = unsafe_sql
-        self.prefix = prefix
-        self.foreign_keys = foreign_keys
-        self.page_size = page_size
-        self.capture = None
-        self.path = prefix.decode(errors="replace")
-        self.store: PageStore | None = None
-        self.vfs: v.PageStoreVFS | None = None
-        self._writer: MvsqliteConnection | None = None
-        self._readers: list[MvsqliteConnection] = []
-        self._pinned: list[v.PageStoreVFS] = []
-        self.gc_interval = gc_interval
-        self.gc_retention = gc_retention
-        self._stop = threading.Event()
-        self._gc_thread: threading.Thread | None = None
+    fdb: Database = attrs.field(alias="db")
+    prefix: bytes
+    foreign_keys: bool = attrs.field(kw_only=True, default=True)
+    page_size: int = attrs.field(kw_only=True, default=4096)
+    gc_interval: float | None = attrs.field(kw_only=True, default=300.0)
+    gc_retention: float = attrs.field(kw_only=True, default=600.0)
+    unsafe_sql: bool = attrs.field(kw_only=True, default=False)
+    # Accepted and unused (the file backend's setting): the VFS commits at SQLite's sync.
+    synchronous: str = attrs.field(kw_only=True, default="normal")
+    capture: object = attrs.field(init=False, default=None)
+    path: str = attrs.field(init=False)
+    store: PageStore | None = attrs.field(init=False, default=None)
+    vfs: v.PageStoreVFS | None = attrs.field(init=False, default=None)
+    _writer: MvsqliteConnection | None = attrs.field(init=False, default=None)
+    _readers: list[MvsqliteConnection] = attrs.field(init=False, factory=list, repr=False)
+    _pinned: list[v.PageStoreVFS] = attrs.field(init=False, factory=list, repr=False)
+    _stop: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    _gc_thread: threading.Thread | None = attrs.field(init=False, default=None, repr=False)
+
+    @path.default
+    def _path(self) -> str:
+        return self.prefix.decode(errors="replace")
 
     @staticmethod
     def exists(db: Database, prefix: bytes) -> bool:

@@ -17,6 +17,8 @@ import struct
 import threading
 from typing import Any, Iterator
 
+import attrs
+
 from sqld.backends.mvsqlite.fdbport import FDBError
 
 API_VERSION = 730
@@ -78,16 +80,17 @@ def _translated(fdb: Any) -> Iterator[None]:
         raise FDBError(e.code, message) from e
 
 
+@attrs.define(eq=False)
 class RealDatabase:
     """A FoundationDB database (the port's ``Database``)."""
 
-    def __init__(self, db: Any, fdb: Any, description: str = "FoundationDB", timeout: float | None = None) -> None:
-        self._db = db
-        self._fdb = fdb
-        self.description = description  # how errors name the cluster (page store messages)
-        self.transaction_timeout = timeout
-        self._lock = threading.Lock()
-        self.stats: dict[str, int] = dict.fromkeys(("grv", "reads", "commits", "retries"), 0)
+    _db: Any = attrs.field(alias="db")
+    _fdb: Any = attrs.field(alias="fdb", repr=False)  # the binding module
+    description: str = "FoundationDB"  # how errors name the cluster (page store messages)
+    transaction_timeout: float | None = attrs.field(default=None, alias="timeout")
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    stats: dict[str, int] = attrs.field(init=False,
+                                        factory=lambda: dict.fromkeys(("grv", "reads", "commits", "retries"), 0))
 
     def create_transaction(self) -> RealTransaction:
         with _translated(self._fdb):

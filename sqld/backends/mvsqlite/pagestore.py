@@ -353,7 +353,6 @@ class PageStore:
         """
         removed = {"versions": 0, "log": 0, "markers": 0, "fences": 0, "staging": 0, "contents": 0,
                    "transactions": 0, "complete": True}
-        P = self.prefix
         pack = _VERSION.pack
 
         def raise_horizon(tr):

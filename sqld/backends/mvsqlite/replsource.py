@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import struct
 
+import attrs
+
 from sqld.backends.mvsqlite.pagestore import PageStore, Snapshot, SnapshotTooOld, _decode_pages, version_of, vs_bound
 from sqld.replication.log import LoggedTransaction, LogError, SnapshotNeeded
 from sqld.replication.wal import Page
@@ -37,13 +39,21 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
+@attrs.define(eq=False)
 class ChangeLog:
     """The ``log`` a sender reads (the interface of ``replication.log.FrameLog``)."""
 
-    def __init__(self, store: PageStore) -> None:
-        self.store = store
-        self.generation = store.generation
-        self.page_size = store.page_size
+    store: PageStore
+    generation: bytes = attrs.field(init=False)  # the store's, when this log was made
+    page_size: int = attrs.field(init=False)
+
+    @generation.default
+    def _generation(self) -> bytes:
+        return self.store.generation
+
+    @page_size.default
+    def _page_size(self) -> int:
+        return self.store.page_size
 
     @property
     def last_commit(self) -> int:

@@ -344,6 +344,7 @@ class _Handler(socketserver.StreamRequestHandler):
 # -- the client ----------------------------------------------------------------------------
 
 
+@attrs.define(eq=False, repr=False)  # its own __repr__, below
 class RemoteDatabase:
     """The port's ``Database`` on a simulator process (``sim://HOST:PORT``).
 
@@ -352,14 +353,14 @@ class RemoteDatabase:
     for a commit whose answer was lost (it may have landed), else 1031.
     """
 
-    def __init__(self, host: str, port: int, *, timeout: float = CLIENT_TIMEOUT) -> None:
-        self.host, self.port = host, port
-        self.timeout = timeout
-        self._token = secrets.token_hex(16)
-        self._lock = threading.Lock()
-        self._idle: list[tuple[socket.socket, Any]] = []
-        self._next_id = 0
-        self._dropped: deque[int] = deque()  # appended by finalizers, from any thread
+    host: str
+    port: int
+    timeout: float = attrs.field(kw_only=True, default=CLIENT_TIMEOUT)
+    _token: str = attrs.field(init=False, factory=lambda: secrets.token_hex(16))
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _idle: list[tuple[socket.socket, Any]] = attrs.field(init=False, factory=list)
+    _next_id: int = attrs.field(init=False, default=0)
+    _dropped: deque[int] = attrs.field(init=False, factory=deque)  # appended by finalizers, from any thread
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> "RemoteDatabase":

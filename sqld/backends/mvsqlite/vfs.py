@@ -26,6 +26,7 @@ import struct
 import threading
 
 import apsw
+import attrs
 
 from sqld.backends.mvsqlite.pagestore import (CommitFailed, PageMissing, PageStore, Snapshot, SnapshotTooOld,
                                                StoreUnavailable)
@@ -81,28 +82,32 @@ class PageStoreVFS(apsw.VFS):
         return name
 
 
+@attrs.define(eq=False)
 class PageFile:
     """The main database file of one SQLite connection."""
 
-    def __init__(self, store: PageStore, pinned: int | None = None) -> None:
-        self.store = store
-        self.pinned = pinned
-        self.page_size = store.page_size
-        self.snap: Snapshot | None = None
-        self.lock = apsw.SQLITE_LOCK_NONE
-        self.counter = 0   # the virtual change counter handed out last
-        self.written = 0   # the counter SQLite wrote at its last commit
-        self.seen = -1     # the snapshot state (last change) the counter belongs to
-        self.size: int | None = None  # pages, as this transaction sees them
-        # After a failed commit SQLite rolls back, writing the transaction's original pages
-        # back and syncing: those must never become a commit (they are images of an older
-        # snapshot). Writes and syncs are dropped until the lock falls to SHARED or NONE.
-        self.failed = False
-        # Pages handed to SQLite since it last dropped its page cache (at a new virtual
-        # counter): it may serve any of them again without a read, so a commit counts them
-        # as read (issue 10, defect 4).
-        self.cached: set[int] = set()
-        self.follow: Snapshot | None = None  # the next snapshot, continuing another's (backend)
+    store: PageStore
+    pinned: int | None = None
+    page_size: int = attrs.field(init=False)
+    snap: Snapshot | None = attrs.field(init=False, default=None)
+    lock: int = attrs.field(init=False, default=apsw.SQLITE_LOCK_NONE)
+    counter: int = attrs.field(init=False, default=0)  # the virtual change counter handed out last
+    written: int = attrs.field(init=False, default=0)  # the counter SQLite wrote at its last commit
+    seen: int = attrs.field(init=False, default=-1)    # the snapshot state (last change) the counter belongs to
+    size: int | None = attrs.field(init=False, default=None)  # pages, as this transaction sees them
+    # After a failed commit SQLite rolls back, writing the transaction's original pages
+    # back and syncing: those must never become a commit (they are images of an older
+    # snapshot). Writes and syncs are dropped until the lock falls to SHARED or NONE.
+    failed: bool = attrs.field(init=False, default=False)
+    # Pages handed to SQLite since it last dropped its page cache (at a new virtual
+    # counter): it may serve any of them again without a read, so a commit counts them
+    # as read (issue 10, defect 4).
+    cached: set[int] = attrs.field(init=False, factory=set, repr=False)
+    follow: Snapshot | None = attrs.field(init=False, default=None)  # the next snapshot, continuing another's (backend)
+
+    @page_size.default
+    def _page_size(self) -> int:
+        return self.store.page_size
 
     # -- snapshot ---------------------------------------------------------------------------
 
